@@ -1,0 +1,3 @@
+from jnreg.core.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The plugin host, agent specs, configuration, training engine and command line."""

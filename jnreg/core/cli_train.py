@@ -1,0 +1,216 @@
+"""``jnreg train`` and ``jnreg generate``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from jnreg.core.cli_base import echo_json, settings
+from jnreg.core.errors import ConfigError
+
+# Options that take several values after one flag, as the guide writes them
+# (``--train-files data/*.jsonl`` after the shell expands the glob).
+MULTI_VALUE = ("--train-files", "--eval-files")
+
+
+class MultiValueCommand(click.Command):
+    """Lets ``--train-files a b c`` mean ``--train-files a --train-files b --train-files c``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        expanded: list[str] = []
+        current, has_value = None, False
+        for arg in args:
+            if current is not None and not arg.startswith("-"):
+                expanded.extend([current, arg] if has_value else [arg])
+                has_value = True
+                continue
+            flag = arg.split("=", 1)[0]
+            current = flag if flag in MULTI_VALUE else None
+            has_value = "=" in arg
+            expanded.append(arg)
+        return super().parse_args(ctx, expanded)
+
+
+def _choice(*values: str) -> click.Choice:
+    return click.Choice(values, case_sensitive=False)
+
+
+@click.command(cls=MultiValueCommand)
+@click.argument("agent_arg", metavar="[AGENT]", required=False)
+@click.option("--agent", "agent_opt", help="Agent to train (the guide's spelling; same as the AGENT argument).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="TOML or JSON file of settings; flags override it.",
+)
+@click.option("--adapter-name", help="Adapter name [default: the agent's].")
+@click.option(
+    "--model_name_or_path",
+    "--model-name-or-path",
+    "base_model",
+    help="Base model: hub id, local directory, or jnreg:tiny-mistral (built in, offline).",
+)
+@click.option("--revision", "base_model_revision", help="Hub revision of the base model.")
+@click.option("--quantization", type=_choice("nf4", "8bit", "none"), help="Base model quantization [nf4].")
+@click.option("--train-files", multiple=True, help="JSON/JSONL files or globs (several allowed).")
+@click.option("--dataset-name", help="datasets name or a local dataset directory.")
+@click.option("--dataset-config", help="datasets configuration name.")
+@click.option("--dataset-split", help="datasets split [train].")
+@click.option("--eval-files", multiple=True, help="Evaluation files (else --eval-fraction is held out).")
+@click.option("--eval-fraction", type=float, help="Fraction of rows held out for evaluation [0.1].")
+@click.option("--text-field", help="Column holding whole-text rows [text].")
+@click.option("--prompt-field", help="Column holding the prompt [prompt].")
+@click.option("--response-field", help="Column holding the response [response].")
+@click.option("--prompt-template", help="Template string with {prompt} and {response} (and optionally {system}).")
+@click.option("--max-train-samples", type=int, help="Use at most N training rows (smoke tests).")
+@click.option("--on-bad-row", type=_choice("fail", "skip"), help="Stop at a bad row, or skip and count it [fail].")
+@click.option(
+    "--overlong",
+    type=_choice("truncate", "drop"),
+    help="Rows over --max-seq-length: truncate the prompt from the left, or drop [truncate].",
+)
+@click.option("--output_dir", "--output-dir", "output_dir", help="Output directory [output/adapters/<adapter_name>].")
+@click.option("--epochs", type=float, help="Training epochs.")
+@click.option("--max-steps", type=int, help="Stop after N optimizer steps.")
+@click.option("--train-batch-size", type=int, help="Rows per device step.")
+@click.option("--gradient-accumulation", type=int, help="Steps per optimizer update.")
+@click.option("--learning-rate", type=float, help="Peak learning rate.")
+@click.option("--adapter-r", type=int, help="LoRA rank.")
+@click.option("--adapter-alpha", type=int, help="LoRA alpha.")
+@click.option("--adapter-dropout", type=float, help="LoRA dropout.")
+@click.option("--target-modules", help="Comma-separated module names LoRA wraps.")
+@click.option("--max-seq-length", type=int, help="Longest row in tokens.")
+@click.option("--seed", type=int, help="Random seed [42].")
+@click.option("--logging-steps", type=int, help="Print the loss every N steps.")
+@click.option("--save-steps", type=int, help="Checkpoint every N steps.")
+@click.option("--save-total-limit", type=int, help="Checkpoints kept.")
+@click.option("--eval-steps", type=int, help="Evaluate every N steps [each epoch].")
+@click.option("--early-stopping-patience", type=int, help="Stop after N evaluations without a lower eval loss.")
+@click.option("--report-to", type=_choice("none", "tensorboard"), help="Also log to TensorBoard.")
+@click.option("--resume", is_flag=True, default=None, help="Continue from the last checkpoint in the output dir.")
+@click.option(
+    "--dry-run", is_flag=True, default=None, help="Check packages, device, model, data and memory; no training."
+)
+@click.option("--publish", is_flag=True, default=None, help="Publish the adapter to the ModelStore afterwards.")
+@click.option("--adapter-version", help="Version label for --publish [vYYYYMMDD-HHMM].")
+@click.option(
+    "--store-root",
+    "train_store_root",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="ModelStore root for --publish (same as the global option).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON at the end.")
+@click.pass_context
+def train(
+    ctx: click.Context,
+    agent_arg: str | None,
+    agent_opt: str | None,
+    config_file: Path | None,
+    as_json: bool,
+    train_store_root: Path | None,
+    **flags: Any,
+) -> None:
+    """Fine-tune AGENT's LoRA adapter with QLoRA (4-bit NF4 base + LoRA)."""
+    from jnreg.core.config import build_config, read_config_file
+    from jnreg.core.plugins import get_host
+
+    file_values = read_config_file(config_file) if config_file else {}
+    if agent_arg and agent_opt and agent_arg != agent_opt:
+        raise ConfigError(f"two agents given: {agent_arg!r} and --agent {agent_opt!r}")
+    agent_name = agent_arg or agent_opt or file_values.get("agent")
+    if not agent_name:
+        raise ConfigError("which agent? give AGENT, --agent, or an agent in --config")
+    agent = get_host().get(agent_name)
+    flags = {k: (v or None) if isinstance(v, tuple) else v for k, v in flags.items()}
+    store_root = train_store_root or settings(ctx).store_root
+    flags["store_root"] = str(store_root) if store_root else None
+    config = build_config(agent.spec, file_values, flags)
+    echo = _echo(as_json)
+    _print_config(config, echo)
+
+    from jnreg.core import engine
+
+    if config.dry_run:
+        summary = engine.dry_run(config, agent, echo=echo)
+    else:
+        summary = engine.train(config, agent, echo=echo)
+        if config.publish:
+            summary = _publish(ctx, config, echo) | {"training": summary}
+    if as_json:
+        echo_json(summary)
+
+
+def _echo(as_json: bool):
+    # With --json, stdout carries only the JSON document; progress goes to stderr.
+    return (lambda line: click.echo(line, err=True)) if as_json else click.echo
+
+
+def _print_config(config: Any, echo: Any) -> None:
+    document = config.to_document()
+    echo(f"training {config.agent} adapter {config.adapter_name!r} on {config.base_model}")
+    echo("effective config: " + ", ".join(f"{k}={v}" for k, v in sorted(document.items()) if v not in (None, [], ())))
+
+
+def _publish(ctx: click.Context, config: Any, echo: Any) -> dict[str, Any]:
+    from jnreg.registry import ModelStore
+
+    root = Path(config.store_root) if config.store_root else None
+    if root is None:
+        echo("note: no --store-root or MODEL_STORE_ROOT; publishing to ./model_store")
+    store = ModelStore(root, settings(ctx).agent_map)
+    result = store.publish(
+        config.agent, Path(config.output_dir), adapter_name=config.adapter_name, version=config.adapter_version
+    )
+    echo(f"published {config.agent} {result.version} ({result.digest[:12]}) to {result.path}")
+    return {
+        "published": {
+            "agent": config.agent,
+            "version": result.version,
+            "path": str(result.path),
+            "digest": result.digest,
+        }
+    }
+
+
+@click.command()
+@click.argument("agent")
+@click.argument("prompt")
+@click.option("--version", help="Adapter version [the one in service].")
+@click.option("--max-new-tokens", type=int, help="[the agent's serving setting]")
+@click.option("--temperature", type=float, help="[the agent's serving setting]")
+@click.option("--quantization", type=_choice("nf4", "8bit", "none"), default="nf4", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def generate(
+    ctx: click.Context,
+    agent: str,
+    prompt: str,
+    version: str | None,
+    max_new_tokens: int | None,
+    temperature: float | None,
+    quantization: str,
+    as_json: bool,
+) -> None:
+    """Answer PROMPT with AGENT's stored adapter, through the agent's serving template."""
+    from jnreg.core.generation import generate_answer
+
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    result = generate_answer(
+        agent,
+        prompt,
+        version=version,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        quantization=None if quantization == "none" else quantization,
+        store_root=settings(ctx).store_root,
+        agent_map=settings(ctx).agent_map,
+    )
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(result["text"])

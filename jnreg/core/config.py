@@ -1,0 +1,193 @@
+"""Training settings: core defaults, then the agent plugin's, then a config file, then the flags."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from jnreg.core.data import BAD_ROW_POLICIES, OVERLONG_STRATEGIES
+from jnreg.core.errors import ConfigError
+from jnreg.core.models import QUANTIZATIONS
+from jnreg.core.spec import AgentSpec, DataOptions, Hyperparameters
+
+CONFIG_FILE = "jnreg_config.json"
+CONFIG_SCHEMA_VERSION = 1
+# Settings that say what to do with a run rather than how to train; never saved for a rerun.
+ACTIONS = ("dry_run", "resume", "publish", "adapter_version", "store_root")
+# The guide's and other spellings a config file may use.
+ALIASES = {
+    "model_name_or_path": "base_model",
+    "model": "base_model",
+    "lr": "learning_rate",
+    "num_train_epochs": "epochs",
+    "lora_r": "adapter_r",
+    "lora_alpha": "adapter_alpha",
+    "lora_dropout": "adapter_dropout",
+    "max_length": "max_seq_length",
+    "gradient_accumulation_steps": "gradient_accumulation",
+    "per_device_train_batch_size": "train_batch_size",
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig(Hyperparameters):
+    """Everything one training run needs; validated on creation."""
+
+    agent: str = field(default="", metadata={"help": "Agent whose adapter is trained."})
+    adapter_name: str = field(default="", metadata={"help": "Adapter name (default: the agent's)."})
+    base_model_revision: str | None = field(default=None, metadata={"help": "Hub revision of the base model."})
+    quantization: str = field(default="nf4", metadata={"help": "nf4 (QLoRA), 8bit or none."})
+    train_files: tuple[str, ...] = field(default=(), metadata={"help": "JSON/JSONL files or globs."})
+    dataset_name: str | None = field(default=None, metadata={"help": "datasets name or local dataset directory."})
+    dataset_config: str | None = field(default=None, metadata={"help": "datasets configuration name."})
+    dataset_split: str = field(default="train", metadata={"help": "datasets split."})
+    eval_files: tuple[str, ...] = field(default=(), metadata={"help": "Evaluation files (else a held-out fraction)."})
+    eval_fraction: float = field(default=0.1, metadata={"help": "Fraction held out for evaluation."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
+    text_field: str = field(default="text", metadata={"help": "Column with whole-text rows."})
+    prompt_field: str = field(default="prompt", metadata={"help": "Column with the prompt."})
+    response_field: str = field(default="response", metadata={"help": "Column with the response."})
+    prompt_template: str | None = field(
+        default=None, metadata={"help": "Template with {prompt}, {response}, {system}."}
+    )
+    on_bad_row: str = field(default="fail", metadata={"help": "fail or skip bad rows."})
+    overlong: str = field(default="truncate", metadata={"help": "truncate (prompt, from the left) or drop."})
+    output_dir: str = field(default="", metadata={"help": "Where the adapter is written."})
+    seed: int = field(default=42, metadata={"help": "Random seed."})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: epochs decide)."})
+    logging_steps: int = field(default=5, metadata={"help": "Print the loss every N steps."})
+    save_steps: int = field(default=50, metadata={"help": "Checkpoint every N steps."})
+    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept."})
+    eval_steps: int | None = field(default=None, metadata={"help": "Evaluate every N steps (default: each epoch)."})
+    early_stopping_patience: int | None = field(default=None, metadata={"help": "Stop after N evals without gain."})
+    report_to: str = field(default="none", metadata={"help": "none or tensorboard."})
+    dry_run: bool = field(default=False, metadata={"help": "Check everything, train nothing."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint."})
+    publish: bool = field(default=False, metadata={"help": "Publish to the ModelStore after training."})
+    adapter_version: str | None = field(default=None, metadata={"help": "Version label when publishing."})
+    store_root: str | None = field(default=None, metadata={"help": "ModelStore root when publishing."})
+
+    def __post_init__(self) -> None:
+        for name in ("train_files", "eval_files"):
+            value = getattr(self, name)
+            if isinstance(value, (str, list)):
+                object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        super().__post_init__()
+        if not self.agent:
+            raise ConfigError("no agent given")
+        if self.quantization not in QUANTIZATIONS:
+            raise ConfigError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
+        if self.on_bad_row not in BAD_ROW_POLICIES:
+            raise ConfigError(f"on_bad_row must be one of {', '.join(BAD_ROW_POLICIES)}, got {self.on_bad_row!r}")
+        if self.overlong not in OVERLONG_STRATEGIES:
+            raise ConfigError(f"overlong must be one of {', '.join(OVERLONG_STRATEGIES)}, got {self.overlong!r}")
+        if not 0 <= self.eval_fraction < 1:
+            raise ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ConfigError(f"max_train_samples must be >= 1, got {self.max_train_samples}")
+        if self.train_files and self.dataset_name:
+            raise ConfigError("give --train-files or --dataset-name, not both")
+        if self.report_to not in ("none", "tensorboard"):
+            raise ConfigError(f"report_to must be none or tensorboard, got {self.report_to!r}")
+        for name in ("logging_steps", "save_steps", "save_total_limit"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError("max_steps must be -1 (off) or >= 1")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ConfigError("early_stopping_patience must be >= 1")
+
+    @property
+    def data_options(self) -> DataOptions:
+        return DataOptions(
+            train_files=self.train_files,
+            dataset_name=self.dataset_name,
+            dataset_config=self.dataset_config,
+            dataset_split=self.dataset_split,
+            max_samples=self.max_train_samples,
+            text_field=self.text_field,
+            prompt_field=self.prompt_field,
+            response_field=self.response_field,
+        )
+
+    @property
+    def eval_options(self) -> DataOptions:
+        return DataOptions(
+            train_files=self.eval_files,
+            text_field=self.text_field,
+            prompt_field=self.prompt_field,
+            response_field=self.response_field,
+        )
+
+    def hyperparameters(self) -> dict[str, Any]:
+        values = {f.name: getattr(self, f.name) for f in fields(Hyperparameters)}
+        values["target_modules"] = list(self.target_modules)
+        values.pop("base_model")
+        return values
+
+    def to_document(self) -> dict[str, Any]:
+        """The config as saved beside the adapter: feeding it back with --config reruns the run."""
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k not in ACTIONS}
+        return {"schema_version": CONFIG_SCHEMA_VERSION, **values}
+
+
+def _normalise_keys(values: dict[str, Any], origin: str) -> dict[str, Any]:
+    known = {f.name for f in fields(TrainConfig)}
+    out: dict[str, Any] = {}
+    unknown = []
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        name = ALIASES.get(name, name)
+        if name == "schema_version":
+            continue
+        if name not in known:
+            unknown.append(key)
+            continue
+        out[name] = value
+    if unknown:
+        raise ConfigError(f"{origin}: unknown setting(s): {', '.join(sorted(unknown))}")
+    return out
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Settings from a TOML or JSON file (a TOML file may keep them under [train])."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    if path.suffix.lower() == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+        try:
+            values = tomllib.loads(raw.decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+        values = values.get("train", values)
+    else:
+        try:
+            values = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path}: invalid JSON: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a table/object of settings")
+    return _normalise_keys(values, f"config file {path}")
+
+
+def build_config(spec: AgentSpec, file_values: dict[str, Any], flag_values: dict[str, Any]) -> TrainConfig:
+    """Core defaults < the agent plugin's defaults < the config file < the flags given."""
+    values: dict[str, Any] = asdict(spec.defaults)
+    values.update(file_values)
+    values.update({k: v for k, v in flag_values.items() if v is not None})
+    values["agent"] = spec.name
+    if not values.get("adapter_name"):
+        values["adapter_name"] = spec.default_adapter_name
+    if not values.get("output_dir"):
+        values["output_dir"] = str(Path("output") / "adapters" / values["adapter_name"])
+    try:
+        return TrainConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(f"invalid settings: {exc}") from None

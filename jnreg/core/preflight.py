@@ -1,0 +1,178 @@
+"""Checks a run makes before it trains: packages, the device and bitsandbytes backend, GPU memory."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+from jnreg.core.errors import EnvironmentCheckError
+
+# Lowest versions jnreg is tested against; older ones lack CPU 4-bit or completion masks.
+REQUIRED = {
+    "torch": "2.4",
+    "transformers": "5.0",
+    "peft": "0.17",
+    "trl": "1.16",
+    "bitsandbytes": "0.49",
+    "datasets": "3.0",
+    "accelerate": "1.4",
+    "safetensors": "0.4",
+}
+RTX_3090_BYTES = 24 * 1024**3
+GiB = 1024**3
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split("+")[0].split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in [*REQUIRED, "jnreg", "tokenizers"]:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+@dataclass
+class Report:
+    """What the checks found; ``failures`` non-empty means the run must not go on."""
+
+    lines: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    device: str = "cpu"
+    gpu_name: str | None = None
+    gpu_bytes: int | None = None
+
+    def ok(self, line: str) -> None:
+        self.lines.append(f"ok    {line}")
+
+    def note(self, line: str) -> None:
+        self.lines.append(f"note  {line}")
+
+    def fail(self, line: str) -> None:
+        self.lines.append(f"FAIL  {line}")
+        self.failures.append(line)
+
+    def raise_if_failed(self) -> None:
+        if self.failures:
+            more = f" (and {len(self.failures) - 1} more)" if len(self.failures) > 1 else ""
+            raise EnvironmentCheckError(f"check failed: {self.failures[0]}{more}")
+
+
+def check_environment(quantization: str) -> Report:
+    """Packages and versions, CUDA, and whether bitsandbytes can run the chosen quantization here."""
+    report = Report()
+    versions = library_versions()
+    for name, lowest in REQUIRED.items():
+        found = versions.get(name)
+        if found is None:
+            report.fail(f"{name} is not installed (need >= {lowest})")
+        elif _version_tuple(found) < _version_tuple(lowest):
+            report.fail(f"{name} {found} is too old (need >= {lowest})")
+        else:
+            report.ok(f"{name} {found}")
+    if report.failures:
+        return report
+    import torch
+
+    if torch.cuda.is_available():
+        report.device = "cuda"
+        props = torch.cuda.get_device_properties(0)
+        report.gpu_name, report.gpu_bytes = props.name, props.total_memory
+        bf16 = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        report.ok(f"CUDA GPU {props.name}, {props.total_memory / GiB:.1f} GiB, compute dtype {bf16}")
+    else:
+        report.note("no CUDA GPU: training runs on the CPU in fp32 (fine for the built-in model, slow for 7B)")
+    if quantization in ("nf4", "8bit"):
+        _check_bitsandbytes(report, quantization)
+    return report
+
+
+def _check_bitsandbytes(report: Report, quantization: str) -> None:
+    import torch
+
+    try:
+        import bitsandbytes as bnb
+
+        device = report.device
+        if quantization == "nf4":
+            layer = bnb.nn.Linear4bit(64, 32, bias=False, compute_dtype=torch.float32, quant_type="nf4")
+        else:
+            layer = bnb.nn.Linear8bitLt(64, 32, bias=False, has_fp16_weights=False)
+        layer = layer.to(device)
+        out = layer(torch.randn(2, 64, device=device, dtype=torch.float32 if quantization == "nf4" else torch.float16))
+        if out.shape != (2, 32) or not torch.isfinite(out.float()).all():
+            raise RuntimeError("a quantized layer returned a wrong result")
+    except Exception as exc:
+        report.fail(f"bitsandbytes cannot run {quantization} on {report.device}: {str(exc).splitlines()[0]}")
+        return
+    backend = "CUDA" if report.device == "cuda" else "CPU fallback"
+    report.ok(f"bitsandbytes {bnb.__version__}: {quantization} layers run on the {backend}")
+
+
+def count_parameters(model_config: Any, target_modules: tuple[str, ...], r: int) -> dict[str, int]:
+    """Parameter counts by kind, from the config alone (no weights are loaded)."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(model_config)
+    output = model.get_output_embeddings()
+    counts = {"quantizable": 0, "other": 0, "lora": 0, "target_linear_layers": 0}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and module is not output:
+            counts["quantizable"] += module.weight.numel()
+            if name.rsplit(".", 1)[-1] in target_modules:
+                counts["target_linear_layers"] += 1
+                counts["lora"] += r * (module.in_features + module.out_features)
+    total = sum(p.numel() for p in model.parameters())
+    counts["other"] = total - counts["quantizable"]
+    counts["total"] = total
+    return counts
+
+
+def estimate_gpu_memory(
+    model_config: Any,
+    *,
+    quantization: str,
+    target_modules: tuple[str, ...],
+    r: int,
+    batch_size: int,
+    seq_len: int,
+) -> dict[str, Any]:
+    """A rough peak-memory estimate for QLoRA training of this model and config, in bytes."""
+    counts = count_parameters(model_config, target_modules, r)
+    # NF4 stores 4 bits a weight plus ~0.127 bits of double-quantized absmax per weight.
+    bytes_per_weight = {"nf4": 0.5 + 0.127 / 8, "8bit": 1.0 + 4 / 64, "none": 2.0}[quantization]
+    weights = counts["quantizable"] * bytes_per_weight + counts["other"] * 2
+    # LoRA weights, gradients and two AdamW moments, all fp32.
+    lora = counts["lora"] * 16
+    hidden = getattr(model_config, "hidden_size", 4096)
+    layers = getattr(model_config, "num_hidden_layers", 32)
+    vocab = getattr(model_config, "vocab_size", 32000)
+    tokens = batch_size * seq_len
+    # Gradient checkpointing keeps one bf16 hidden state per layer plus one layer's working set;
+    # the logits and their fp32 loss copies are usually the largest single item.
+    activations = tokens * hidden * 2 * layers + tokens * hidden * 2 * 16 + tokens * vocab * (2 + 4 + 4)
+    overhead = 0.6 * GiB  # CUDA context, allocator slack
+    total = weights + lora + activations + overhead
+    return {
+        "parameters": counts["total"],
+        "lora_parameters": counts["lora"],
+        "weights_bytes": int(weights),
+        "lora_and_optimizer_bytes": int(lora),
+        "activation_bytes": int(activations),
+        "total_bytes": int(total),
+    }

@@ -1,0 +1,65 @@
+"""pytest fixtures for agent plugin authors: ``pytest_plugins = ["jnreg.testing"]`` in a conftest.
+
+Each fixture gives a fresh plugin host with entry-point autoload off, so a test sees exactly the
+plugins it registers, and unregisters them afterwards whatever the test did.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from jnreg.core.plugins import ENTRY_POINT_GROUP, Host, get_host, reset_host
+
+BUILTIN_PLUGINS = (
+    "synthesizer",
+    "journalist",
+    "chief_editor",
+    "reasoning",
+    "analyst",
+    "critic",
+    "fact_checker",
+    "re_ranker",
+)
+
+
+@pytest.fixture
+def jnreg_host() -> Iterator[Host]:
+    """An empty host (no entry points loaded), installed as the one the CLI and library use."""
+    host = Host(autoload=False)
+    previous = reset_host(host)
+    try:
+        yield host
+    finally:
+        reset_host(previous)
+
+
+@pytest.fixture
+def register_plugin(jnreg_host: Host) -> Iterator[Callable[..., str]]:
+    """``register_plugin(obj, name=None)`` registers an in-memory plugin for this test only."""
+    names: list[str] = []
+
+    def register(plugin: object, name: str | None = None) -> str:
+        registered = jnreg_host.register(plugin, name=name)
+        names.append(registered)
+        return registered
+
+    try:
+        yield register
+    finally:
+        for name in reversed(names):
+            if jnreg_host.pm.get_plugin(name) is not None:
+                jnreg_host.unregister(name)
+
+
+@pytest.fixture
+def builtin_agents(register_plugin: Callable[..., str]) -> Host:
+    """A host holding the eight built-in JustNews agents, registered in memory."""
+    for name in BUILTIN_PLUGINS:
+        register_plugin(importlib.import_module(f"jnreg.plugins.{name}"), name=name)
+    return get_host()
+
+
+__all__ = ["BUILTIN_PLUGINS", "ENTRY_POINT_GROUP", "builtin_agents", "jnreg_host", "register_plugin"]
