@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+
+from jnreg.core.cli_base import echo_json
 
 
 @click.command("new")
-def agents_new() -> None:
-    """Write a new agent plugin package (not available yet)."""
-    raise click.ClickException("not available yet")
+@click.argument("name")
+@click.option(
+    "--dir", "directory", type=click.Path(path_type=Path, file_okay=False), help="Where to write it [./jnreg-NAME]."
+)
+@click.option("--description", help="One-line description of the agent.")
+@click.option("--json", "as_json", is_flag=True, help="Print the files written as JSON.")
+def agents_new(name: str, directory: Path | None, description: str | None, as_json: bool) -> None:
+    """Write a plugin package for agent NAME: pyproject, hook, sample data, schema, test."""
+    from jnreg.core.scaffold import write_plugin
+
+    directory = directory or Path(f"jnreg-{name.replace('_', '-')}")
+    files = write_plugin(name, directory, description)
+    if as_json:
+        echo_json({"agent": name, "directory": str(directory), "files": [str(f) for f in files]})
+        return
+    for path in files:
+        click.echo(f"wrote {path}")
+    click.echo(f"next: pip install -e {directory} && jnreg agents show {name} && pytest {directory}")

@@ -337,6 +337,12 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
         processing_class=tokenizer,
         callbacks=extra,
     )
+    # TRL casts a quantized model's LoRA weights to bf16; a resumed run reloads them as fp32, so
+    # an interrupted run would not end where an uninterrupted one does. fp32 adapters also keep
+    # small updates that bf16 rounds away, and autocast still computes in bf16 on the GPU.
+    for param in trainer.model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
     LossLines.install(trainer, echo)
     return Setup(trainer, prepared, tokenizer, report.device, resume_from)
 

@@ -77,6 +77,13 @@ def load_config(model_id: str, *, token: str | None = None, revision: str | None
     return _load("config", model_id, AutoConfig.from_pretrained, token=token, revision=revision)
 
 
+def quiet_bitsandbytes() -> None:
+    """bitsandbytes logs a warning on every CPU import about an optional kernel package; it changes nothing."""
+    import logging
+
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+
 def compute_dtype(device: str) -> Any:
     """bf16 on a GPU that supports it, fp16 on an older GPU, fp32 on the CPU."""
     import torch
@@ -121,6 +128,7 @@ def load_base_model(
     """The base causal LM, quantized as asked, on the GPU when there is one."""
     from transformers import AutoModelForCausalLM
 
+    quiet_bitsandbytes()
     device = default_device()
     if device_map is None:
         device_map = {"": 0} if device == "cuda" else {"": "cpu"}
@@ -134,7 +142,4 @@ def load_base_model(
         token=token,
         revision=revision,
     )
-    # Keep the public id, not the cache path, in what peft writes to adapter_config.json.
-    model.config.name_or_path = model_id
-    model.name_or_path = model_id
     return model

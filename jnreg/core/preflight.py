@@ -102,6 +102,9 @@ def check_environment(quantization: str) -> Report:
 def _check_bitsandbytes(report: Report, quantization: str) -> None:
     import torch
 
+    from jnreg.core.models import quiet_bitsandbytes
+
+    quiet_bitsandbytes()
     try:
         import bitsandbytes as bnb
 

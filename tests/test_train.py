@@ -1,0 +1,232 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from jnreg.core import engine
+from jnreg.core.cli import cli
+from jnreg.core.config import TrainConfig, build_config, read_config_file
+from jnreg.core.errors import ConfigError
+from jnreg.schemas import errors as schema_errors
+
+from .helpers import run_jnreg
+
+TINY = "jnreg:tiny-mistral"
+# Settings that make the tiny model learn visibly in a few seconds on two CPU cores.
+FAST = {
+    "base_model": TINY,
+    "learning_rate": 3e-3,
+    "gradient_accumulation": 1,
+    "train_batch_size": 4,
+    "eval_batch_size": 4,
+    "epochs": 2.0,
+    "max_train_samples": 16,
+    "eval_fraction": 0.25,
+    "logging_steps": 2,
+}
+
+
+def config_for(agent, output_dir: Path, **overrides) -> TrainConfig:
+    return build_config(agent.spec, {}, {**FAST, "output_dir": str(output_dir), **overrides})
+
+
+def quiet(_line: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One synthesizer adapter trained on the tiny model, shared by the tests that only read it."""
+    from jnreg.core.plugins import Host
+    from jnreg.plugins import synthesizer
+
+    host = Host(autoload=False)
+    host.register(synthesizer, name="synthesizer")
+    agent = host.get("synthesizer")
+    output = tmp_path_factory.mktemp("trained") / "adapter"
+    summary = engine.train(config_for(agent, output), agent, echo=quiet)
+    return agent, output, summary
+
+
+def test_training_lowers_eval_loss_and_writes_a_valid_summary(trained):
+    _, output, summary = trained
+    metrics = summary["metrics"]
+    assert metrics["eval_loss"] < metrics["eval_loss_before"]
+    assert metrics["steps"] > 0 and metrics["runtime_s"] > 0 and metrics["tokens_per_second"] > 0
+    assert metrics["peak_memory_bytes"] > 0
+    stored = json.loads((output / "training_summary.json").read_text())
+    assert schema_errors("training_summary", stored) == []
+    assert stored["dry_run"] is False and stored["quantization"] == "nf4" and stored["seed"] == 42
+    assert stored["dataset"]["rows"] + stored["dataset"]["eval_rows"] == 16
+    assert len(stored["dataset"]["sha256"]) == 64
+    assert stored["library_versions"]["bitsandbytes"] and stored["library_versions"]["trl"]
+    adapter_config = json.loads((output / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == TINY
+    assert adapter_config["r"] == 16 and adapter_config["peft_type"] == "LORA"
+    assert (output / "adapter_model.safetensors").is_file() and (output / "tokenizer.json").is_file()
+    assert schema_errors("train_config", json.loads((output / "jnreg_config.json").read_text())) == []
+
+
+def test_base_is_nf4_with_double_quantization_and_labels_mask_the_prompt(builtin_agents, tmp_path):
+    import bitsandbytes as bnb
+
+    agent = builtin_agents.get("fact_checker")
+    ready = engine.setup(config_for(agent, tmp_path / "out"), agent, echo=quiet)
+    layers = [m for m in ready.trainer.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and all(m.weight.quant_type == "nf4" for m in layers)
+    assert all(m.weight.quant_state.nested for m in layers), "double quantization is off"
+
+    tokenizer = ready.tokenizer
+    rows = ready.prepared.train.rows
+    dataset = ready.trainer.train_dataset
+    for index in range(len(rows)):
+        ids, mask = rows[index]["input_ids"], rows[index]["completion_mask"]
+        labels = dataset[index]["labels"]
+        assert dataset[index]["input_ids"] == ids
+        prompt_len = mask.index(1)
+        assert labels[:prompt_len] == [-100] * prompt_len
+        assert labels[prompt_len:] == ids[prompt_len:]
+        assert labels[-1] == tokenizer.eos_token_id
+        assert ids.count(tokenizer.bos_token_id) == 1
+
+    batch = ready.trainer.data_collator([dataset[0], dataset[1]])
+    for row in range(2):
+        length = len(dataset[row]["input_ids"])
+        assert batch["labels"][row, length - 1].item() == tokenizer.eos_token_id
+        assert (batch["labels"][row, length:] == -100).all()
+        assert (batch["attention_mask"][row, length:] == 0).all()
+
+
+def test_same_seed_gives_the_same_adapter_bytes(builtin_agents, tmp_path):
+    agent = builtin_agents.get("fact_checker")
+    quick = {"max_train_samples": 8, "epochs": 1.0, "eval_fraction": 0.0}
+    engine.train(config_for(agent, tmp_path / "a", **quick), agent, echo=quiet)
+    engine.train(config_for(agent, tmp_path / "b", **quick), agent, echo=quiet)
+    first = (tmp_path / "a" / "adapter_model.safetensors").read_bytes()
+    assert first == (tmp_path / "b" / "adapter_model.safetensors").read_bytes()
+    engine.train(config_for(agent, tmp_path / "c", seed=7, **quick), agent, echo=quiet)
+    assert first != (tmp_path / "c" / "adapter_model.safetensors").read_bytes()
+
+
+def test_resume_ends_with_the_same_adapter_as_an_uninterrupted_run(builtin_agents, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 4:
+                control.should_training_stop = True
+
+    agent = builtin_agents.get("fact_checker")
+    steps = {"max_steps": 6, "save_steps": 2, "save_total_limit": 3, "eval_fraction": 0.0, "max_train_samples": 12}
+    engine.train(config_for(agent, tmp_path / "whole", **steps), agent, echo=quiet)
+    interrupted = config_for(agent, tmp_path / "split", **steps)
+    engine.train(interrupted, agent, echo=quiet, callbacks=[StopAt()])
+    assert (tmp_path / "split" / "checkpoint-4").is_dir()
+    resumed = engine.train(config_for(agent, tmp_path / "split", resume=True, **steps), agent, echo=quiet)
+    assert resumed["metrics"]["steps"] == 6
+    whole = load_file(tmp_path / "whole" / "adapter_model.safetensors")
+    split = load_file(tmp_path / "split" / "adapter_model.safetensors")
+    assert whole.keys() == split.keys()
+    for key in whole:
+        torch.testing.assert_close(split[key], whole[key], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(builtin_agents, tmp_path):
+    agent = builtin_agents.get("fact_checker")
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        engine.train(config_for(agent, tmp_path / "empty", resume=True), agent, echo=quiet)
+
+
+def test_dry_run_with_ten_samples_from_the_console_script(tmp_path):
+    out = tmp_path / "dry"
+    done = run_jnreg(
+        "train", "--agent", "synthesizer", "--model_name_or_path", TINY, "--output_dir", str(out),
+        "--dry-run", "--max-train-samples", "10",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert "bitsandbytes" in text and "CPU" in text
+    assert "⟦" in text and "⟧" in text and "p95" in text and "supervised" in text
+    assert "GPU memory estimate" in text and "RTX 3090" in text
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["dry_run"] is True and schema_errors("training_summary", summary) == []
+    assert summary["dataset"]["rows"] + summary["dataset"]["eval_rows"] == 10
+    assert not (out / "adapter_model.safetensors").exists()
+
+
+def test_saved_config_reruns_the_same_settings(builtin_agents, tmp_path):
+    runner = CliRunner()
+    first = tmp_path / "first"
+    args = ["train", "analyst", "--model-name-or-path", TINY, "--adapter-r", "8", "--epochs", "2"]
+    done = runner.invoke(cli, [*args, "--max-train-samples", "6", "--output-dir", str(first), "--dry-run"])
+    assert done.exit_code == 0, done.output
+    saved = first / "jnreg_config.json"
+    again = runner.invoke(cli, ["train", "--config", str(saved), "--dry-run"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(saved.read_text()) == json.loads((first / "jnreg_config.json").read_text())
+    agent = builtin_agents.get("analyst")
+    rebuilt = build_config(agent.spec, read_config_file(saved), {})
+    assert rebuilt.to_document() == json.loads(saved.read_text())
+
+
+def test_settings_precedence_core_plugin_file_flags(builtin_agents, tmp_path):
+    agent = builtin_agents.get("fact_checker")
+    assert agent.spec.defaults.max_seq_length == 1024  # the plugin's, over the core default 2048
+    config_file = tmp_path / "run.toml"
+    config_file.write_text('[train]\nadapter-r = 8\nlearning_rate = 0.001\nmodel_name_or_path = "x/y"\n')
+    values = read_config_file(config_file)
+    config = build_config(agent.spec, values, {"learning_rate": 0.005, "epochs": None})
+    assert (config.max_seq_length, config.adapter_r, config.learning_rate) == (1024, 8, 0.005)
+    assert config.base_model == "x/y" and config.epochs == 3.0
+    assert config.output_dir == str(Path("output") / "adapters" / "mistral_fact_checker_v1")
+    config_file.write_text('{"adapter_rank": 8}')
+    config_file = config_file.rename(tmp_path / "run.json")
+    with pytest.raises(ConfigError, match="unknown setting.*adapter_rank"):
+        read_config_file(config_file)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--learning-rate", "-1"], "learning_rate must be in"),
+        (["--adapter-r", "0"], "adapter_r must be"),
+        (["--eval-fraction", "1.5"], "eval_fraction must be in"),
+        (["--train-files", "a.jsonl", "--dataset-name", "x"], "not both"),
+        (["--prompt-template", "{prompt}"], "{response} exactly once"),
+        (["--target-modules", "nonexistent_proj"], "cannot apply LoRA"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(builtin_agents, tmp_path, flags, message):
+    data = tmp_path / "a.jsonl"
+    data.write_text(builtin_agents.get("fact_checker").spec.sample_data.read_text())
+    flags = [str(data) if f == "a.jsonl" else f for f in flags]
+    dry = [] if "--target-modules" in flags else ["--dry-run"]
+    args = ["train", "fact_checker", "--model_name_or_path", TINY, "--output-dir", str(tmp_path / "o"), *dry]
+    done = CliRunner().invoke(cli, [*args, "--max-train-samples", "4", *flags])
+    assert done.exit_code == 1, done.output
+    assert message in done.output.strip().splitlines()[-1]
+
+
+def test_hub_model_offline_says_how_to_use_the_builtin_model(tmp_path):
+    done = run_jnreg("train", "synthesizer", "--dry-run", "--output-dir", str(tmp_path / "o"))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    error = done.stderr.strip().splitlines()[-1]
+    assert "mistralai/Mistral-7B-Instruct-v0.3" in error and "jnreg:tiny-mistral" in error
+
+
+def test_hf_token_is_never_written(builtin_agents, tmp_path, monkeypatch):
+    secret = "hf_do_not_write_me_4242"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    agent = builtin_agents.get("fact_checker")
+    engine.train(
+        config_for(agent, tmp_path / "o", max_train_samples=4, epochs=1.0, eval_fraction=0.0), agent, echo=quiet
+    )
+    for path in (tmp_path / "o").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
