@@ -1,0 +1,90 @@
+"""Training-step cost of padding each batch to its longest row (jnreg) vs to max_seq_length.
+
+The first JustNews trainer padded every row to 2048 tokens. Both variants run here, side by
+side, on the same rows, model and optimizer settings (the built-in tiny model, NF4 + LoRA on
+this machine's device); the result is a ratio, not an absolute time.
+
+    python bench/bench_padding.py [--agent synthesizer] [--steps 6] [--max-seq-length 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+import warnings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agent", default="synthesizer")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-seq-length", type=int, default=2048)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from jnreg.core import engine
+    from jnreg.core.config import build_config
+    from jnreg.core.plugins import get_host
+
+    agent = get_host().get(args.agent)
+    with tempfile.TemporaryDirectory() as out:
+        config = build_config(
+            agent.spec,
+            {},
+            {
+                "base_model": "jnreg:tiny-mistral",
+                "output_dir": out,
+                "train_batch_size": args.batch_size,
+                "max_seq_length": args.max_seq_length,
+                "eval_fraction": 0.0,
+            },
+        )
+        ready = engine.setup(config, agent, echo=lambda _: None)
+        trainer = ready.trainer
+        trainer.create_optimizer_and_scheduler(num_training_steps=10 * args.steps)
+        trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(), which is not run here
+        rows = [ready.trainer.train_dataset[i] for i in range(len(ready.trainer.train_dataset))]
+        batches = [rows[i : i + args.batch_size] for i in range(0, len(rows), args.batch_size)][: args.steps]
+        pad = ready.tokenizer.pad_token_id
+        collators = {
+            "jnreg (pad to longest in batch)": DataCollatorForLanguageModeling(pad_token_id=pad),
+            f"pad to {args.max_seq_length}": DataCollatorForLanguageModeling(
+                pad_token_id=pad, pad_to_multiple_of=args.max_seq_length
+            ),
+        }
+        model = trainer.model
+        model.train()
+        results = {}
+        for name, collate in collators.items():
+            times, tokens = [], 0
+            trainer.training_step(model, collate(batches[0]))  # warm-up
+            for batch in batches:
+                inputs = collate(batch)
+                tokens += inputs["input_ids"].numel()
+                start = time.perf_counter()
+                trainer.training_step(model, inputs)
+                times.append(time.perf_counter() - start)
+            results[name] = {"median_step_s": statistics.median(times), "tokens_per_step": tokens / len(batches)}
+    base, fixed = results.values()
+    report = {
+        "device": ready.device,
+        "agent": args.agent,
+        "batch_size": args.batch_size,
+        "steps": len(batches),
+        "results": results,
+        "step_time_ratio_fixed_over_dynamic": fixed["median_step_s"] / base["median_step_s"],
+        "token_ratio_fixed_over_dynamic": fixed["tokens_per_step"] / base["tokens_per_step"],
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
