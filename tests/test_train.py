@@ -230,3 +230,21 @@ def test_hf_token_is_never_written(builtin_agents, tmp_path, monkeypatch):
     for path in (tmp_path / "o").rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_early_stopping_stops_when_eval_loss_stops_improving(builtin_agents, tmp_path):
+    agent = builtin_agents.get("fact_checker")
+    # A learning rate far too high makes eval loss rise after the first steps.
+    config = config_for(
+        agent, tmp_path / "o", learning_rate=0.5, eval_steps=1, early_stopping_patience=1, max_steps=12, epochs=5.0
+    )
+    summary = engine.train(config, agent, echo=quiet)
+    assert summary["metrics"]["steps"] < 12
+
+
+def test_tensorboard_logs_are_written(builtin_agents, tmp_path):
+    pytest.importorskip("tensorboard")
+    agent = builtin_agents.get("fact_checker")
+    config = config_for(agent, tmp_path / "o", report_to="tensorboard", max_train_samples=8, epochs=1.0)
+    engine.train(config, agent, echo=quiet)
+    assert list((tmp_path / "o").rglob("events.out.tfevents.*"))
