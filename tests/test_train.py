@@ -248,3 +248,20 @@ def test_tensorboard_logs_are_written(builtin_agents, tmp_path):
     config = config_for(agent, tmp_path / "o", report_to="tensorboard", max_train_samples=8, epochs=1.0)
     engine.train(config, agent, echo=quiet)
     assert list((tmp_path / "o").rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 64), (2, 5, 64)])
+def test_nf4_layer_input_gradients_match_the_dequantized_weights(shape):
+    """LoRA in earlier layers learns through the 4-bit layers' input gradients; check them on this device."""
+    import bitsandbytes as bnb
+    import torch
+
+    torch.manual_seed(0)
+    layer = bnb.nn.Linear4bit(64, 32, bias=False, compute_dtype=torch.float32, quant_type="nf4")
+    layer.weight = bnb.nn.Params4bit(torch.randn(32, 64), requires_grad=False, quant_type="nf4")
+    layer = layer.to("cpu")
+    dense = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
+    x = torch.randn(*shape, requires_grad=True)
+    upstream = torch.randn(*shape[:-1], 32)
+    (layer(x) * upstream).sum().backward()
+    torch.testing.assert_close(x.grad, upstream @ dense, rtol=1e-5, atol=1e-5)

@@ -223,6 +223,17 @@ def _record_base_model(output_dir: Path, base_model: str) -> None:
     write_json(path, adapter_config)
 
 
+def quiet_library_warnings() -> None:
+    """Silence library warnings that say nothing actionable to a jnreg user."""
+    import warnings
+
+    # transformers 5 renames gradient_checkpointing to activation_checkpointing; TRL still uses the old names.
+    warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6.*", category=FutureWarning)
+    # bitsandbytes' CPU gemv_4bit kernel has no autograd registration; its input gradients were checked
+    # against the dequantized weights (tests/test_train.py), so the warning's "may be incorrect" does not apply.
+    warnings.filterwarnings("ignore", message=r"bitsandbytes::gemv_4bit: an autograd kernel", category=UserWarning)
+
+
 @dataclass
 class Setup:
     """A trainer ready to run, with the data and device it was built for."""
@@ -246,6 +257,7 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
             raise ConfigError(f"--resume: no checkpoint in {output_dir} to resume from")
         echo(f"resuming from {resume_from}")
 
+    import datasets
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -254,6 +266,8 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
 
     from jnreg.core.progress import LossLines
 
+    datasets.disable_progress_bars()  # the data report says what these map steps would
+    quiet_library_warnings()
     token = hub_token()
     tokenizer = load_tokenizer(config.base_model, token=token, revision=config.base_model_revision)
     prepared = prepare_data(config, agent, tokenizer)

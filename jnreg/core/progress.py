@@ -21,14 +21,12 @@ class LossLines(ProgressCallback):
         trainer.add_callback(cls(echo))
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        if not state.is_world_process_zero or not logs:
+        if not state.is_world_process_zero or not logs or not ({"loss", "eval_loss"} & logs.keys()):
             return
         parts = [f"step {state.global_step}/{state.max_steps}"]
         for key, fmt in (("loss", ".4f"), ("eval_loss", ".4f"), ("learning_rate", ".1e"), ("epoch", ".2f")):
             if key in logs:
                 parts.append(f"{key.replace('learning_rate', 'lr')} {logs[key]:{fmt}}")
-        if len(parts) == 1:
-            return
         line = "  ".join(parts)
         if self.training_bar is not None:
             self.training_bar.write(line)
