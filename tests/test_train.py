@@ -265,3 +265,30 @@ def test_nf4_layer_input_gradients_match_the_dequantized_weights(shape):
     upstream = torch.randn(*shape[:-1], 32)
     (layer(x) * upstream).sum().backward()
     torch.testing.assert_close(x.grad, upstream @ dense, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("quantization", ["8bit", "none"])
+def test_other_quantizations_train(builtin_agents, tmp_path, quantization):
+    agent = builtin_agents.get("fact_checker")
+    config = config_for(agent, tmp_path / "o", quantization=quantization, max_steps=2, eval_fraction=0.0)
+    summary = engine.train(config, agent, echo=quiet)
+    assert summary["quantization"] == quantization and summary["metrics"]["steps"] == 2
+    assert (tmp_path / "o" / "adapter_model.safetensors").is_file()
+
+
+def test_memory_estimate_for_mistral_7b_fits_a_3090():
+    from transformers import MistralConfig
+
+    from jnreg.core.preflight import GiB, RTX_3090_BYTES, estimate_gpu_memory
+
+    mistral_7b = MistralConfig(vocab_size=32768)  # the defaults are Mistral-7B's shape
+    estimate = estimate_gpu_memory(
+        mistral_7b, quantization="nf4", target_modules=("q_proj", "v_proj"), r=16, batch_size=1, seq_len=2048
+    )
+    assert 7.0e9 < estimate["parameters"] < 7.5e9
+    assert 3.5 * GiB < estimate["weights_bytes"] < 5 * GiB  # 4-bit weights, bf16 embeddings
+    assert estimate["total_bytes"] < RTX_3090_BYTES
+    unquantized = estimate_gpu_memory(
+        mistral_7b, quantization="none", target_modules=("q_proj",), r=16, batch_size=1, seq_len=2048
+    )
+    assert unquantized["total_bytes"] > estimate["total_bytes"] + 8 * GiB
