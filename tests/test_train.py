@@ -279,7 +279,7 @@ def test_other_quantizations_train(builtin_agents, tmp_path, quantization):
 def test_memory_estimate_for_mistral_7b_fits_a_3090():
     from transformers import MistralConfig
 
-    from jnreg.core.preflight import GiB, RTX_3090_BYTES, estimate_gpu_memory
+    from jnreg.core.preflight import RTX_3090_BYTES, GiB, estimate_gpu_memory
 
     mistral_7b = MistralConfig(vocab_size=32768)  # the defaults are Mistral-7B's shape
     estimate = estimate_gpu_memory(

@@ -20,8 +20,12 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "no")
 
 
-def model_path(model_id: str) -> str:
-    """A name ``from_pretrained`` accepts: the built-in model's cache directory, a local path or a hub id."""
+def model_path(model_id: str, *, require_config: bool = True) -> str:
+    """A name ``from_pretrained`` accepts: the built-in model's cache directory, a local path or a hub id.
+
+    A local directory must hold config.json unless only its tokenizer is wanted (an adapter
+    directory has the tokenizer but no model config).
+    """
     if is_builtin(model_id):
         if model_id != TINY_MODEL_ID:
             raise ModelError(f"unknown built-in model {model_id!r}; the built-in model is {TINY_MODEL_ID}")
@@ -30,7 +34,7 @@ def model_path(model_id: str) -> str:
         return str(ensure_tiny_model())
     if os.path.isabs(model_id) or model_id.startswith((".", "~")) or Path(model_id).exists():
         path = Path(model_id).expanduser()
-        if not (path / "config.json").is_file():
+        if require_config and not (path / "config.json").is_file():
             raise ModelError(f"model directory {path} has no config.json")
         return str(path)
     return model_id
@@ -45,7 +49,7 @@ def _hub_error(model_id: str, exc: Exception) -> ModelError:
 
 
 def _load(what: str, model_id: str, loader: Any, **kwargs: Any) -> Any:
-    path = model_path(model_id)
+    path = model_path(model_id, require_config=what != "tokenizer")
     try:
         return loader(path, **kwargs)
     except ModelError:

@@ -1,0 +1,244 @@
+"""``jnreg store``: publish, list, show, resolve, promote, roll back, verify and gc adapters in the ModelStore."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from jnreg.core.cli_base import echo_json, settings
+from jnreg.core.errors import IntegrityError, StoreError
+
+
+def _store(ctx: click.Context) -> Any:
+    from jnreg.registry.store import DEFAULT_ROOT, ModelStore
+
+    shared = settings(ctx)
+    if shared.store_root is None:
+        click.echo(f"note: no --store-root or MODEL_STORE_ROOT; using ./{DEFAULT_ROOT}", err=True)
+    return ModelStore(shared.store_root, shared.agent_map)
+
+
+def _version_row(manifest: dict[str, Any], current: str | None) -> dict[str, Any]:
+    return {
+        "version": manifest["version"],
+        "adapter_name": manifest["adapter_name"],
+        "base_model": manifest["base_model"],
+        "created_at": manifest["created_at"],
+        "digest": manifest["digest"],
+        "current": manifest["version"] == current,
+    }
+
+
+class StoreGroup(click.Group):
+    """Reports a failed file operation (disk full, permission denied) as one line, like any store error."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise StoreError(f"store operation failed: {exc.strerror or exc}{where}") from None
+
+
+@click.group(cls=StoreGroup)
+def store() -> None:
+    """The ModelStore: published adapters, the version each agent serves, and AGENT_MODEL_MAP.json."""
+
+
+@store.command("publish")
+@click.argument("agent")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--adapter-version", "version", help="Version label [vYYYYMMDD-HHMM, UTC; -2, -3... when taken].")
+@click.option("--adapter-name", help="Adapter name [training_summary's, else <agent>_adapter].")
+@click.option("--no-promote", is_flag=True, help="Store the version without putting it in service.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def publish(
+    ctx: click.Context,
+    agent: str,
+    directory: Path,
+    version: str | None,
+    adapter_name: str | None,
+    no_promote: bool,
+    as_json: bool,
+) -> None:
+    """Store the adapter in DIRECTORY as a new version of AGENT and (unless --no-promote) put it in service."""
+    result = _store(ctx).publish(agent, directory, adapter_name=adapter_name, version=version, promote=not no_promote)
+    if as_json:
+        echo_json(
+            {
+                "agent": agent,
+                "version": result.version,
+                "path": str(result.path),
+                "digest": result.digest,
+                "promoted": result.promoted,
+            }
+        )
+        return
+    state = "in service" if result.promoted else "not promoted"
+    click.echo(f"published {agent} {result.version} ({result.digest[:12]}, {state}) at {result.path}")
+
+
+@store.command("list")
+@click.argument("agent", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def list_(ctx: click.Context, agent: str | None, as_json: bool) -> None:
+    """List agents in the store, or AGENT's versions (oldest first; * marks the one in service)."""
+    model_store = _store(ctx)
+    if agent is None:
+        rows = []
+        for name in model_store.agents():
+            labels = model_store.version_labels(name)
+            rows.append({"agent": name, "current": model_store.current(name), "versions": len(labels)})
+        if as_json:
+            echo_json({"root": str(model_store.root), "agents": rows})
+            return
+        if not rows:
+            click.echo(f"no agents in the store at {model_store.root}", err=True)
+        for row in rows:
+            click.echo(f"{row['agent']}  {row['versions']} version(s)  current: {row['current'] or '-'}")
+        return
+    model_store.require_agent(agent)
+    current = model_store.current(agent)
+    rows = [_version_row(m, current) for m in model_store.versions(agent)]
+    if as_json:
+        echo_json({"agent": agent, "current": current, "versions": rows})
+        return
+    for row in rows:
+        mark = "*" if row["current"] else " "
+        click.echo(f"{mark} {row['version']}  {row['adapter_name']}  {row['created_at']}  {row['digest'][:12]}")
+
+
+@store.command("show")
+@click.argument("agent")
+@click.argument("version", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def show(ctx: click.Context, agent: str, version: str | None, as_json: bool) -> None:
+    """Show the manifest of AGENT's VERSION [default: the one in service]."""
+    resolution = _store(ctx).resolve(agent, version)
+    manifest = resolution.manifest
+    if as_json:
+        echo_json({"path": str(resolution.adapter_path), "manifest": manifest})
+        return
+    click.echo(f"{manifest['agent']} {manifest['version']}  ({manifest['adapter_name']})")
+    click.echo(f"  path:        {resolution.adapter_path}")
+    click.echo(f"  base model:  {manifest['base_model']} (revision {manifest['base_model_revision'] or '-'})")
+    click.echo(f"  adapter:     {manifest['peft_type']} r={manifest['r']} alpha={manifest['alpha']}")
+    click.echo(f"  digest:      {manifest['digest']}")
+    click.echo(f"  created:     {manifest['created_at']} by {manifest['created_by']}")
+    click.echo(f"  summary:     {'yes' if manifest['training_summary'] else 'no'}")
+    for item in manifest["files"]:
+        click.echo(f"    {item['sha256'][:12]}  {item['size']:>12}  {item['path']}")
+
+
+@store.command("resolve")
+@click.argument("agent")
+@click.option("--version", help="Version [default: the one in service].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def resolve(ctx: click.Context, agent: str, version: str | None, as_json: bool) -> None:
+    """Print AGENT's base model, version, absolute adapter path and digest."""
+    found = _store(ctx).resolve(agent, version)
+    row = {
+        "agent": found.agent,
+        "version": found.version,
+        "adapter_name": found.adapter_name,
+        "base_model": found.base_model,
+        "base_ref": found.base_ref,
+        "adapter_path": str(found.adapter_path),
+        "digest": found.digest,
+    }
+    if as_json:
+        echo_json(row)
+        return
+    for key, value in row.items():
+        click.echo(f"{key}: {value}")
+
+
+@store.command("promote")
+@click.argument("agent")
+@click.argument("version")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def promote(ctx: click.Context, agent: str, version: str, as_json: bool) -> None:
+    """Put AGENT's VERSION in service (checksums are checked first)."""
+    entry = _store(ctx).promote(agent, version)
+    if as_json:
+        echo_json({"agent": agent, "current": version, "previous": entry["previous"] if entry else version})
+    elif entry is None:
+        click.echo(f"{agent} {version} is already in service")
+    else:
+        click.echo(f"{agent}: {entry['previous'] or '-'} -> {version}")
+
+
+@store.command("rollback")
+@click.argument("agent")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def rollback(ctx: click.Context, agent: str, as_json: bool) -> None:
+    """Put back the version AGENT served before the current one."""
+    entry = _store(ctx).rollback(agent)
+    if as_json:
+        echo_json({"agent": agent, "current": entry["version"], "previous": entry["previous"]})
+    else:
+        click.echo(f"{agent}: {entry['previous']} -> {entry['version']}")
+
+
+@store.command("verify")
+@click.argument("agent", required=False)
+@click.argument("version", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def verify(ctx: click.Context, agent: str | None, version: str | None, as_json: bool) -> None:
+    """Recompute every checksum; name each bad file and exit non-zero when anything is wrong."""
+    report = _store(ctx).verify(agent, version)
+    if as_json:
+        echo_json({"ok": report.ok, "checked": report.checked, "problems": report.problems, "notes": report.notes})
+    else:
+        for item in report.checked:
+            click.echo(f"checked {item}")
+        for note in report.notes:
+            click.echo(f"note: {note}", err=True)
+        for problem in report.problems:
+            click.echo(f"problem: {problem}", err=True)
+    if not report.ok:
+        raise IntegrityError(f"verify found {len(report.problems)} problem(s): {report.problems[0]}")
+    if not as_json:
+        click.echo(f"ok: {len(report.checked)} version(s) intact")
+
+
+@store.command("gc")
+@click.argument("agent")
+@click.option("--keep", type=click.IntRange(min=0), required=True, help="How many of the newest versions to keep.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def gc(ctx: click.Context, agent: str, keep: int, dry_run: bool, as_json: bool) -> None:
+    """Remove AGENT's older versions; the one in service and the rollback target always stay."""
+    result = _store(ctx).gc(agent, keep, dry_run=dry_run)
+    if as_json:
+        echo_json({"agent": agent, "removed": result.removed, "kept": result.kept, "dry_run": result.dry_run})
+        return
+    verb = "would remove" if dry_run else "removed"
+    for label in result.removed:
+        click.echo(f"{verb} {agent} {label}")
+    click.echo(f"kept {len(result.kept)} version(s): {', '.join(result.kept) or '-'}")
+
+
+@store.command("history")
+@click.argument("agent")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def history(ctx: click.Context, agent: str, as_json: bool) -> None:
+    """Show AGENT's journal: every publish, promote, rollback and gc removal."""
+    entries = _store(ctx).history(agent)
+    if as_json:
+        echo_json({"agent": agent, "entries": entries})
+        return
+    for entry in entries:
+        moved = f"  current {entry['previous'] or '-'} -> {entry['current'] or '-'}"
+        click.echo(f"{entry['when']}  {entry['action']:<8} {entry['version']}{moved}  by {entry['who']}")

@@ -1,0 +1,137 @@
+"""journal.jsonl: one fsynced line per publish, promote, rollback and gc removal, and what it tells rollback."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from jnreg.core.errors import IntegrityError, StoreError
+from jnreg.registry.fsutil import fsync_dir
+from jnreg.schemas import validate
+
+JOURNAL_FILE = "journal.jsonl"
+ACTIONS = ("publish", "promote", "rollback", "gc")
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def who() -> str:
+    """user@host: who did it, never anything from the environment beyond the login name."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+def make_entry(
+    action: str,
+    agent: str,
+    version: str,
+    *,
+    previous: str | None,
+    current: str | None,
+    digest: str | None = None,
+    adapter_name: str | None = None,
+) -> dict[str, Any]:
+    entry = {
+        "schema_version": 1,
+        "op": uuid.uuid4().hex,
+        "when": now(),
+        "who": who(),
+        "pid": os.getpid(),
+        "action": action,
+        "agent": agent,
+        "version": version,
+        "adapter_name": adapter_name,
+        "digest": digest,
+        "previous": previous,
+        "current": current,
+    }
+    validate("journal_entry", entry, f"journal entry for {action} {agent} {version}")
+    return entry
+
+
+def read_entries(path: Path) -> list[dict[str, Any]]:
+    """Every entry, validated; a last line without its newline is a write in progress (or torn) and is skipped."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise StoreError(f"cannot read journal {path}: {exc.strerror or exc}") from None
+    lines = data.split(b"\n")
+    found = []
+    for number, line in enumerate(lines[:-1], start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise IntegrityError(f"journal {path} line {number} is not valid JSON: {exc}") from None
+        validate("journal_entry", entry, f"journal {path} line {number}")
+        found.append(entry)
+    return found
+
+
+def repair_tail(path: Path) -> None:
+    """Cut a torn last line left by a crash mid-append (its action is redone from the pending intent)."""
+    try:
+        with open(path, "rb+") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            handle.seek(size - 1)
+            if handle.read(1) == b"\n":
+                return
+            handle.seek(0)
+            keep = handle.read().rfind(b"\n") + 1
+            handle.truncate(keep)
+            os.fsync(handle.fileno())
+    except FileNotFoundError:
+        return
+
+
+def append(path: Path, entry: dict[str, Any]) -> None:
+    """Append one validated line and fsync it; the caller holds the journal lock."""
+    validate("journal_entry", entry, f"journal entry for {entry.get('action')} {entry.get('agent')}")
+    line = (json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    created = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(line)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if created:
+        fsync_dir(path.parent)
+
+
+def has_op(entries: list[dict[str, Any]], op: str) -> bool:
+    return any(entry["op"] == op for entry in entries)
+
+
+def for_agent(entries: list[dict[str, Any]], agent: str) -> list[dict[str, Any]]:
+    return [entry for entry in entries if entry["agent"] == agent]
+
+
+def rollback_target(entries: list[dict[str, Any]], agent: str) -> str | None:
+    """The version a rollback returns to: an undo stack of the agent's earlier versions in service."""
+    stack: list[str | None] = []
+    for entry in for_agent(entries, agent):
+        moved = entry["previous"] != entry["current"]
+        if entry["action"] in ("publish", "promote") and moved and entry["current"] == entry["version"]:
+            stack.append(entry["previous"])
+        elif entry["action"] == "rollback" and stack:
+            stack.pop()
+    return stack[-1] if stack else None

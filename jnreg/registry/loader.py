@@ -1,0 +1,80 @@
+"""What orchestrators call: ``resolve`` an agent's adapter without torch, or ``load`` it onto its base model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from jnreg.core.errors import IntegrityError
+from jnreg.registry.agent_map import entry_for, hf_id_of
+from jnreg.registry.store import ModelStore, Resolution
+
+QUANTIZATIONS = ("nf4", "8bit", None)
+
+
+def resolve(
+    agent: str,
+    version: str | None = None,
+    *,
+    store_root: Path | str | None = None,
+    agent_map: Path | str | None = None,
+) -> Resolution:
+    """Where ``agent``'s adapter (``version``, default the one in service) is, and which base model it needs."""
+    return ModelStore(store_root, agent_map).resolve(agent, version)
+
+
+def _check_base_model(store: ModelStore, resolution: Resolution) -> None:
+    """The map must name the base model the adapter was trained on; a mismatch would load silently wrong."""
+    document = store.read_map()
+    entry = entry_for(document, resolution.agent, resolution.adapter_name)
+    if entry is None:
+        return
+    named = hf_id_of(document, entry["base_ref"])
+    if named is None:
+        raise IntegrityError(
+            f"agent map {store.map_path}: {resolution.agent}'s base_ref {entry['base_ref']!r} is not in base_models"
+        )
+    if named != resolution.base_model:
+        raise IntegrityError(
+            f"{resolution.agent} {resolution.version} was trained on {resolution.base_model!r} "
+            f"but agent map {store.map_path} names {named!r}"
+        )
+
+
+def load(
+    agent: str,
+    version: str | None = None,
+    quantization: str | None = "nf4",
+    *,
+    store_root: Path | str | None = None,
+    agent_map: Path | str | None = None,
+    device_map: Any = None,
+) -> tuple[Any, Any]:
+    """(PeftModel, tokenizer) for ``agent``, after checking every file's checksum and the base model."""
+    if quantization == "none":
+        quantization = None
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of nf4, 8bit or None, not {quantization!r}")
+    store = ModelStore(store_root, agent_map)
+    resolution = store.resolve(agent, version)
+    problems = store.check_files(resolution.agent, resolution.version)
+    if problems:
+        raise IntegrityError(f"refusing to load {resolution.agent} {resolution.version}: {problems[0]}")
+    _check_base_model(store, resolution)
+
+    from peft import PeftModel
+
+    from jnreg.core.models import load_base_model, load_tokenizer
+
+    revision = {"revision": resolution.base_model_revision} if resolution.base_model_revision else {}
+    base = load_base_model(resolution.base_model, quantization, device_map=device_map, **revision)
+    # Tokenizer files in the version are the ones the adapter was trained with (pad token, chat template).
+    has_tokenizer = any((resolution.adapter_path / name).is_file() for name in ("tokenizer.json", "tokenizer.model"))
+    tokenizer = (
+        load_tokenizer(str(resolution.adapter_path))
+        if has_tokenizer
+        else load_tokenizer(resolution.base_model, **revision)
+    )
+    model = PeftModel.from_pretrained(base, str(resolution.adapter_path))
+    model.eval()
+    return model, tokenizer

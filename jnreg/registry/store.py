@@ -1,0 +1,778 @@
+"""ModelStore: the on-disk layout of published adapters, and publishing, promoting, rolling back and removing them.
+
+Layout under the root::
+
+    <root>/<agent>/versions/<version>/   one published adapter and its manifest.json (read-only)
+    <root>/<agent>/current               relative symlink versions/<version>: the version in service
+    <root>/<agent>/.lock                 writers of this agent's versions and `current`
+    <root>/<agent>/.pending.json         the journal entry of a write in progress (redone or undone after a crash)
+    <root>/journal.jsonl                 one line per publish, promote, rollback and gc removal
+    <root>/AGENT_MODEL_MAP.json          the map JustNews loaders read (path overridable)
+
+Writers take the agent lock, then the map lock, then the journal lock, always in that order.
+Readers take no lock and create nothing: every file they read is replaced atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from jnreg import __version__
+from jnreg.core.errors import IntegrityError, StoreConflict, StoreError, StoreNotFound
+from jnreg.registry import agent_map, journal
+from jnreg.registry.adapter_dir import MODEL_CARD, SUMMARY, AdapterSource, inspect_source
+from jnreg.registry.agent_map import MAP_FILE
+from jnreg.registry.fsutil import (
+    atomic_write,
+    copy_new_file,
+    dump_json,
+    fsync_dir,
+    is_stale,
+    owned_name,
+    parse_owned,
+    read_json,
+    remove_tree,
+    sha256_file,
+    write_new_file,
+)
+from jnreg.registry.names import check_adapter_name, check_agent, check_version, is_agent, is_label
+from jnreg.registry.no_secrets import refuse_secrets
+from jnreg.schemas import validate
+
+DEFAULT_ROOT = Path("model_store")
+DEFAULT_LOCK_TIMEOUT = 30.0
+VERSIONS = "versions"
+CURRENT = "current"
+AGENT_LOCK = ".lock"
+JOURNAL_LOCK = ".journal.lock"
+PENDING = ".pending.json"
+MANIFEST = "manifest.json"
+
+# Fault injection for the crash tests: a publish, promote or gc SIGKILLs itself at the named point.
+CRASH_ENV = "JNREG_TEST_CRASH_AT"
+CRASH_POINTS = (
+    "staged",
+    "claimed",
+    "renamed",
+    "before-current-swap",
+    "current-swap",
+    "map-write",
+    "before-journal",
+    "gc-moved",
+)
+
+
+def crash_point(name: str) -> None:
+    """Test-only fault injection: die here, as a power cut or OOM kill would, when JNREG_TEST_CRASH_AT names it."""
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def compute_digest(files: list[dict[str, Any]]) -> str:
+    """A version's digest: sha256 of "\\n".join(f"{path}\\t{sha256}") over its files sorted by path."""
+    text = "\n".join(f"{f['path']}\t{f['sha256']}" for f in sorted(files, key=lambda f: f["path"]))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What publish stored: the version label, its directory, digest and manifest, and whether it is in service."""
+
+    version: str
+    path: Path
+    digest: str
+    manifest: dict[str, Any]
+    promoted: bool
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Where an agent's adapter is and what it needs; found without importing torch."""
+
+    agent: str
+    version: str
+    adapter_name: str
+    base_model: str
+    base_ref: str
+    adapter_path: Path
+    digest: str
+    manifest: dict[str, Any]
+    base_model_revision: str | None = None
+
+
+@dataclass
+class VerifyReport:
+    """What verify looked at and every problem it found (empty when the store is sound)."""
+
+    checked: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class GcResult:
+    removed: list[str]
+    kept: list[str]
+    dry_run: bool
+
+
+def _stored_summary(summary: dict[str, Any], adapter_name: str, version: str, where: str) -> dict[str, Any]:
+    """The summary as stored in the version: carrying the final adapter name and version label."""
+    stored = {**summary, "adapter_name": adapter_name, "adapter_version": version}
+    validate("training_summary", stored, f"training summary in {where}")
+    return stored
+
+
+def _model_card(manifest: dict[str, Any]) -> str:
+    targets = manifest["target_modules"]
+    targets = ", ".join(targets) if isinstance(targets, list) else targets
+    return (
+        f"# {manifest['adapter_name']}\n\n"
+        f"{manifest['peft_type']} adapter for the JustNews `{manifest['agent']}` agent, "
+        f"published by jnreg as version `{manifest['version']}`.\n\n"
+        f"- base model: `{manifest['base_model']}`\n"
+        f"- r: {manifest['r']}, alpha: {manifest['alpha']}\n"
+        f"- target modules: {targets}\n\n"
+        f'Load it with `jnreg.registry.load("{manifest["agent"]}", "{manifest["version"]}")`.\n'
+    )
+
+
+class ModelStore:
+    """A directory of published adapters per agent, the `current` pointer of each, the journal and the agent map."""
+
+    def __init__(
+        self,
+        root: Path | str | None = None,
+        agent_map: Path | str | None = None,
+        *,
+        lock_timeout: float | None = None,
+    ) -> None:
+        root = root or os.environ.get("MODEL_STORE_ROOT") or DEFAULT_ROOT
+        self.root = Path(root).expanduser().absolute()
+        map_path = agent_map or os.environ.get("AGENT_MODEL_MAP") or self.root / MAP_FILE
+        self.map_path = Path(map_path).expanduser().absolute()
+        self.journal_path = self.root / journal.JOURNAL_FILE
+        if lock_timeout is None:
+            raw = os.environ.get("JNREG_LOCK_TIMEOUT", "")
+            try:
+                lock_timeout = float(raw) if raw else DEFAULT_LOCK_TIMEOUT
+            except ValueError:
+                raise StoreError(f"JNREG_LOCK_TIMEOUT={raw!r} is not a number of seconds") from None
+        self.lock_timeout = lock_timeout
+
+    def __repr__(self) -> str:
+        return f"ModelStore({str(self.root)!r}, agent_map={str(self.map_path)!r})"
+
+    # Layout --------------------------------------------------------------------------------------
+
+    def agent_dir(self, agent: str) -> Path:
+        return self.root / check_agent(agent)
+
+    def version_dir(self, agent: str, version: str) -> Path:
+        return self.agent_dir(agent) / VERSIONS / check_version(version)
+
+    def _is_visible(self, agent: str, version: str) -> bool:
+        """A version exists for readers only once its directory, complete with manifest, is in versions/."""
+        path = self.agent_dir(agent) / VERSIONS / version
+        manifest = path / MANIFEST
+        return not path.is_symlink() and path.is_dir() and manifest.is_file() and not manifest.is_symlink()
+
+    def _version_dirs(self, agent: str) -> list[str]:
+        """Every name under versions/ that is a valid label, visible or not."""
+        try:
+            return sorted(e.name for e in os.scandir(self.agent_dir(agent) / VERSIONS) if is_label(e.name))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def require_agent(self, agent: str) -> str:
+        agent = check_agent(agent)
+        if not (self.agent_dir(agent) / VERSIONS).is_dir():
+            raise StoreNotFound(f"agent {agent!r} has no versions in the store at {self.root}")
+        return agent
+
+    # Reading -------------------------------------------------------------------------------------
+
+    def agents(self) -> list[str]:
+        """Agents with a versions directory."""
+        if not self.root.exists():
+            return []
+        if not self.root.is_dir():
+            raise StoreError(f"store root {self.root} is not a directory")
+        return sorted(e.name for e in os.scandir(self.root) if is_agent(e.name) and (Path(e.path) / VERSIONS).is_dir())
+
+    def version_labels(self, agent: str) -> list[str]:
+        """Published versions of ``agent`` (unordered names); staging, claims and junk are not versions."""
+        agent = check_agent(agent)
+        return [v for v in self._version_dirs(agent) if self._is_visible(agent, v)]
+
+    def versions(self, agent: str) -> list[dict[str, Any]]:
+        """Manifests of every published version of ``agent``, oldest first."""
+        manifests = [self.manifest(agent, v) for v in self.version_labels(agent)]
+        return sorted(manifests, key=lambda m: (m["created_at"], m["version"]))
+
+    def current(self, agent: str) -> str | None:
+        """The version in service, from the `current` symlink; never followed outside versions/."""
+        link = self.agent_dir(agent) / CURRENT
+        try:
+            target = os.readlink(link)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError:
+            raise IntegrityError(f"{link} is not a symlink; it must be a symlink to versions/<version>") from None
+        head, _, label = target.partition("/")
+        if head != VERSIONS or not is_label(label):
+            raise IntegrityError(f"{link} points at {target!r}, outside {agent}/versions; refusing to follow it")
+        if not self._is_visible(agent, label):
+            raise IntegrityError(f"{link} points at version {label!r}, which is missing or has no manifest")
+        return label
+
+    def manifest(self, agent: str, version: str) -> dict[str, Any]:
+        """The validated manifest of a published version."""
+        path = self.version_dir(agent, version)
+        if path.is_symlink():
+            raise IntegrityError(f"{path} is a symlink; refusing to follow it (versions are real directories)")
+        manifest_path = path / MANIFEST
+        if not path.is_dir() or (not os.path.lexists(manifest_path) and not os.listdir(path)):
+            raise StoreNotFound(f"agent {agent!r} has no version {version!r} in the store at {self.root}")
+        if manifest_path.is_symlink() or not manifest_path.is_file():
+            raise IntegrityError(f"version {agent} {version} has no manifest.json ({manifest_path})")
+        document = read_json(manifest_path, "manifest", IntegrityError)
+        validate("manifest", document, f"manifest {manifest_path}")
+        if document["agent"] != agent or document["version"] != version:
+            raise IntegrityError(
+                f"manifest {manifest_path} is for {document['agent']} {document['version']}, not {agent} {version}"
+            )
+        if document["training_summary"] is not None:
+            validate("training_summary", document["training_summary"], f"training summary in {manifest_path}")
+        return document
+
+    def read_map(self) -> dict[str, Any] | None:
+        """The agent map, validated; None when there is none yet."""
+        return agent_map.read_map(self.map_path)
+
+    def history(self, agent: str) -> list[dict[str, Any]]:
+        """The journal entries of ``agent``, oldest first."""
+        agent = check_agent(agent)
+        found = journal.for_agent(journal.read_entries(self.journal_path), agent)
+        if not found and not self.agent_dir(agent).is_dir():
+            raise StoreNotFound(f"agent {agent!r} has no history in the store at {self.root}")
+        return found
+
+    def resolve(self, agent: str, version: str | None = None) -> Resolution:
+        """Where ``agent``'s adapter (``version``, default the one in service) is and which base it needs."""
+        agent = self.require_agent(agent)
+        if version is None:
+            version = self.current(agent)
+            if version is None:
+                raise StoreNotFound(f"agent {agent!r} has no version in service; promote one first")
+        manifest = self.manifest(agent, check_version(version))
+        document = self.read_map()
+        entry = agent_map.entry_for(document, agent, manifest["adapter_name"])
+        base_ref = entry.get("base_ref") if entry else None
+        if base_ref is None or agent_map.hf_id_of(document, base_ref) != manifest["base_model"]:
+            base_ref = agent_map.base_ref_for(document, manifest["base_model"])
+        return Resolution(
+            agent=agent,
+            version=version,
+            adapter_name=manifest["adapter_name"],
+            base_model=manifest["base_model"],
+            base_ref=base_ref,
+            adapter_path=self.version_dir(agent, version),
+            digest=manifest["digest"],
+            manifest=manifest,
+            base_model_revision=manifest["base_model_revision"],
+        )
+
+    def check_files(self, agent: str, version: str) -> list[str]:
+        """Every way a version's files differ from its manifest, one line per bad file; empty when intact."""
+        where = f"{agent} {version}"
+        path = self.version_dir(agent, version)
+        try:
+            manifest = self.manifest(agent, version)
+        except StoreNotFound:
+            raise
+        except IntegrityError as exc:
+            return [str(exc)]
+        problems = []
+        listed = {f["path"]: f for f in manifest["files"]}
+        for name, info in sorted(listed.items()):
+            file_path = path / name
+            if not os.path.lexists(file_path):
+                problems.append(f"{where}: {name} is missing")
+            elif file_path.is_symlink() or not file_path.is_file():
+                problems.append(f"{where}: {name} is not a regular file")
+            elif file_path.stat().st_size != info["size"]:
+                problems.append(f"{where}: {name} has {file_path.stat().st_size} bytes, manifest says {info['size']}")
+            elif (actual := sha256_file(file_path)) != info["sha256"]:
+                expected = info["sha256"]
+                problems.append(f"{where}: {name} is corrupt (sha256 {actual[:12]}…, manifest says {expected[:12]}…)")
+        for name in sorted(set(os.listdir(path)) - set(listed) - {MANIFEST}):
+            problems.append(f"{where}: {name} is not in the manifest")
+        if compute_digest(manifest["files"]) != manifest["digest"]:
+            problems.append(f"{where}: manifest digest does not match its file list")
+        return problems
+
+    def verify(self, agent: str | None = None, version: str | None = None) -> VerifyReport:
+        """Recompute every checksum and check `current`, the agent map and the journal."""
+        report = VerifyReport()
+        if agent is None:
+            if not self.root.is_dir():
+                raise StoreNotFound(f"no store at {self.root}")
+            names = self.agents()
+        else:
+            names = [self.require_agent(agent)]
+        try:
+            document = self.read_map()
+        except IntegrityError as exc:
+            report.problems.append(str(exc))
+            document = None
+        try:
+            journal.read_entries(self.journal_path)
+        except StoreError as exc:
+            report.problems.append(str(exc))
+        for name in names:
+            self._verify_agent(name, version, document, report)
+        return report
+
+    def _verify_agent(self, agent: str, version: str | None, document: Any, report: VerifyReport) -> None:
+        labels = [check_version(version)] if version is not None else self._version_dirs(agent)
+        for label in labels:
+            path = self.version_dir(agent, label)
+            if path.is_symlink():
+                report.problems.append(f"{agent} {label}: {path} is a symlink; versions must be real directories")
+                continue
+            if path.is_dir() and not os.listdir(path):
+                report.notes.append(f"{agent} {label}: empty directory left by an interrupted publish (ignored)")
+                continue
+            report.problems.extend(self.check_files(agent, label))
+            report.checked.append(f"{agent} {label}")
+        try:
+            current = self.current(agent)
+        except IntegrityError as exc:
+            report.problems.append(str(exc))
+            return
+        pending = (self.agent_dir(agent) / PENDING).exists()
+        if pending:
+            report.notes.append(f"{agent}: an interrupted write is pending; the next store write finishes or undoes it")
+        if version is not None:
+            return
+        entries = agent_map.entries(document, agent)
+        for entry in entries:
+            name = f"{agent}/{entry['adapter_name']}"
+            head, _, label = entry["adapter_model_store_path"].partition(f"{agent}/{VERSIONS}/")
+            if head or not is_label(label):
+                continue  # an entry jnreg did not write
+            if not self._is_visible(agent, label):
+                report.problems.append(f"agent map entry {name} points at missing version {label}")
+            elif "digest" in entry and entry["digest"] != self._digest_or_none(agent, label):
+                report.problems.append(f"agent map entry {name} has the wrong digest for {label}")
+        if current is not None and not pending:
+            first = entries[0]["adapter_model_store_path"] if entries else None
+            if first != agent_map.store_path(agent, current):
+                report.problems.append(
+                    f"agent map {self.map_path} does not serve {agent}'s current version {current} first"
+                )
+
+    def _digest_or_none(self, agent: str, version: str) -> str | None:
+        try:
+            return self.manifest(agent, version)["digest"]
+        except IntegrityError:
+            return None  # verify reports the damaged manifest with the version's files
+
+    # Writing -------------------------------------------------------------------------------------
+
+    def _prepare(self, agent: str) -> Path:
+        """Create the root and the agent's directories (writers only)."""
+        agent_dir = self.agent_dir(agent)
+        try:
+            for path in (self.root, agent_dir, agent_dir / VERSIONS):
+                if not path.is_dir():
+                    path.mkdir(parents=True, exist_ok=True)
+                    fsync_dir(path.parent)
+        except (FileExistsError, NotADirectoryError):
+            raise StoreError(f"cannot create the store at {self.root}: a path component is not a directory") from None
+        except OSError as exc:
+            raise StoreError(f"cannot create the store at {self.root}: {exc.strerror or exc}") from None
+        if not self.map_path.parent.is_dir():
+            raise StoreError(f"the directory of agent map {self.map_path} does not exist")
+        return agent_dir
+
+    @contextmanager
+    def _lock(self, path: Path, what: str) -> Iterator[None]:
+        lock = FileLock(path, timeout=self.lock_timeout)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise StoreConflict(
+                f"{what} is locked by another process for more than {self.lock_timeout:g} s (lock file {path})"
+            ) from None
+        except OSError as exc:
+            raise StoreError(f"cannot lock {what} ({path}): {exc.strerror or exc}") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    @contextmanager
+    def _writing(self, agent: str) -> Iterator[Path]:
+        """Hold the agent, map and journal locks (in that order), after finishing what a crash left."""
+        agent_dir = self._prepare(agent)
+        with ExitStack() as stack:
+            stack.enter_context(self._lock(agent_dir / AGENT_LOCK, f"agent {agent!r}"))
+            stack.enter_context(self._lock(agent_map.lock_path(self.map_path), f"agent map {self.map_path}"))
+            stack.enter_context(self._lock(self.root / JOURNAL_LOCK, "the store journal"))
+            self.read_map()  # never change `current` while the map cannot follow
+            journal.repair_tail(self.journal_path)
+            self._recover_pending(agent)
+            self._clean_leftovers(agent)
+            try:
+                yield agent_dir
+            except BaseException:
+                # Leave nothing half-done: finish the write if it passed its commit point, else undo it.
+                with suppress(Exception):
+                    self._recover_pending(agent)
+                raise
+
+    def _write_pending(self, agent: str, entry: dict[str, Any]) -> None:
+        atomic_write(self.agent_dir(agent) / PENDING, dump_json(entry).encode("utf-8"))
+
+    def _clear_pending(self, agent: str) -> None:
+        (self.agent_dir(agent) / PENDING).unlink(missing_ok=True)
+        fsync_dir(self.agent_dir(agent))
+
+    def _recover_pending(self, agent: str) -> None:
+        """Finish or undo the write a crash interrupted; its commit point decides which."""
+        path = self.agent_dir(agent) / PENDING
+        if not path.exists():
+            return
+        entry = read_json(path, "pending write record", IntegrityError)
+        validate("journal_entry", entry, f"pending write record {path}")
+        version, action = entry["version"], entry["action"]
+        current = self.current(agent)
+        if action == "publish":
+            committed = self._is_visible(agent, version)  # the rename into versions/ commits a publish
+            claim = self.agent_dir(agent) / VERSIONS / version
+            if not committed and claim.is_dir() and not claim.is_symlink():
+                with suppress(OSError):
+                    os.rmdir(claim)  # only an empty claim; rmdir refuses anything else
+        elif action == "gc":
+            committed = not os.path.lexists(self.agent_dir(agent) / VERSIONS / version)
+        else:
+            committed = current == version  # the swap of `current` commits a promote or rollback
+        if committed:
+            if current == version and action != "gc":
+                self._point_map_at(agent, self.manifest(agent, version))
+            if not journal.has_op(journal.read_entries(self.journal_path), entry["op"]):
+                journal.append(self.journal_path, {**entry, "current": current})
+        self._clear_pending(agent)
+
+    def _clean_leftovers(self, agent: str) -> None:
+        """Remove what crashed writers left: their staging dirs, trash and temp files, and empty claims."""
+        agent_dir = self.agent_dir(agent)
+        for entry in os.scandir(agent_dir):
+            if parse_owned(entry.name) and is_stale(Path(entry.path)):
+                remove_tree(Path(entry.path))
+        # Under the agent lock no claim is in progress, so an empty version directory is a crash's leftover.
+        for name in self._version_dirs(agent):
+            path = agent_dir / VERSIONS / name
+            if path.is_dir() and not path.is_symlink() and not os.listdir(path):
+                with suppress(OSError):
+                    os.rmdir(path)
+        for entry in os.scandir(self.map_path.parent):
+            owned = parse_owned(entry.name)
+            if owned and owned[0] == "tmp" and entry.name.endswith(f"-{self.map_path.name}"):
+                if is_stale(Path(entry.path)):
+                    Path(entry.path).unlink(missing_ok=True)
+
+    def _swap_current(self, agent: str, version: str) -> None:
+        """Point `current` at ``version``: a new relative symlink renamed over the old one."""
+        agent_dir = self.agent_dir(agent)
+        temp = agent_dir / owned_name("tmp", CURRENT)
+        os.symlink(f"{VERSIONS}/{version}", temp)
+        try:
+            crash_point("current-swap")
+            os.replace(temp, agent_dir / CURRENT)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        fsync_dir(agent_dir)
+
+    def _point_map_at(self, agent: str, manifest: dict[str, Any]) -> None:
+        """Make the version in ``manifest`` the first entry of ``agent`` in the map (held: map lock)."""
+        document = self.read_map()
+        updated = agent_map.with_current(
+            document,
+            agent=agent,
+            adapter_name=manifest["adapter_name"],
+            version=manifest["version"],
+            digest=manifest["digest"],
+            published_at=manifest["created_at"],
+            base_model=manifest["base_model"],
+        )
+        if updated == document:
+            return
+        agent_map.write_map(self.map_path, updated, before_replace=lambda: crash_point("map-write"))
+
+    def _append_journal(self, entry: dict[str, Any]) -> None:
+        refuse_secrets(json.dumps(entry), "journal entry")
+        journal.append(self.journal_path, entry)
+
+    def _free_label(self, agent: str) -> str:
+        """vYYYYMMDD-HHMM (UTC), with -2, -3, ... when that minute is taken (held: agent lock)."""
+        base = datetime.now(timezone.utc).strftime("v%Y%m%d-%H%M")
+        label, n = base, 1
+        while os.path.lexists(self.agent_dir(agent) / VERSIONS / label):
+            n += 1
+            label = f"{base}-{n}"
+        return label
+
+    def publish(
+        self,
+        agent: str,
+        source_dir: Path | str,
+        *,
+        adapter_name: str | None = None,
+        version: str | None = None,
+        promote: bool = True,
+    ) -> PublishResult:
+        """Store the loadable files of the adapter in ``source_dir`` as a new immutable version of ``agent``."""
+        agent = check_agent(agent)
+        if version is not None:
+            check_version(version)
+        if adapter_name is not None:
+            check_adapter_name(adapter_name)
+        self.read_map()  # a map jnreg cannot read stops the publish before anything is written
+        source = inspect_source(Path(source_dir))
+        summary = source.summary
+        if summary is not None and summary.get("agent", agent) != agent:
+            raise StoreError(f"{source_dir} holds an adapter for agent {summary.get('agent')!r}, not {agent!r}")
+        adapter_name = check_adapter_name(adapter_name or (summary or {}).get("adapter_name") or f"{agent}_adapter")
+        if summary is not None:
+            _stored_summary(summary, adapter_name, version or "v00000000-0000", str(source_dir))
+        base_model = (summary or {}).get("base_model") or source.config.get("base_model_name_or_path")
+        if not isinstance(base_model, str) or not base_model:
+            raise StoreError(
+                f"{source_dir} names no base model (training_summary.base_model or base_model_name_or_path)"
+            )
+        if version is not None and os.path.lexists(self.agent_dir(agent) / VERSIONS / version):
+            raise StoreConflict(f"agent {agent!r} already has a version {version!r}; versions are never replaced")
+        agent_dir = self._prepare(agent)
+        staging = agent_dir / owned_name("staging")
+        try:
+            os.mkdir(staging)
+            copied = {name: copy_new_file(path, staging / name) for name, path in source.files.items()}
+            fsync_dir(staging)
+            crash_point("staged")
+            with self._writing(agent):
+                return self._commit_publish(
+                    agent,
+                    staging,
+                    source,
+                    copied,
+                    adapter_name=adapter_name,
+                    base_model=base_model,
+                    version=version,
+                    promote=promote,
+                )
+        except OSError as exc:
+            raise StoreError(f"publish of {agent} failed: {exc.strerror or exc}") from None
+        finally:
+            if os.path.lexists(staging):
+                with suppress(OSError):
+                    remove_tree(staging)
+
+    def _commit_publish(
+        self,
+        agent: str,
+        staging: Path,
+        source: AdapterSource,
+        copied: dict[str, tuple[int, str]],
+        *,
+        adapter_name: str,
+        base_model: str,
+        version: str | None,
+        promote: bool,
+    ) -> PublishResult:
+        """Name, seal and rename a staged version into place, then put it in service (held: all locks)."""
+        versions_dir = self.agent_dir(agent) / VERSIONS
+        if version is not None and os.path.lexists(versions_dir / version):
+            raise StoreConflict(f"agent {agent!r} already has a version {version!r}; versions are never replaced")
+        label = version or self._free_label(agent)
+        previous = self.current(agent)
+        config, summary = source.config, source.summary
+        if summary is not None:
+            stored = dump_json(_stored_summary(summary, adapter_name, label, str(staging)))
+            refuse_secrets(stored, SUMMARY)
+            copied[SUMMARY] = write_new_file(staging / SUMMARY, stored.encode("utf-8"))
+        revision = (summary or {}).get("base_model_revision") or config.get("revision")
+        manifest: dict[str, Any] = {
+            "schema_version": 1,
+            "agent": agent,
+            "adapter_name": adapter_name,
+            "version": label,
+            "base_model": base_model,
+            "base_model_revision": revision if isinstance(revision, str) else None,
+            "peft_type": config["peft_type"],
+            "r": config.get("r") if isinstance(config.get("r"), int) else None,
+            "alpha": config.get("lora_alpha"),
+            "target_modules": config.get("target_modules"),
+            "files": [],
+            "digest": "",
+            "training_summary": json.loads(stored) if summary is not None else None,
+            "created_at": journal.now(),
+            "created_by": journal.who(),
+            "jnreg_version": __version__,
+        }
+        if MODEL_CARD not in copied:
+            copied[MODEL_CARD] = write_new_file(staging / MODEL_CARD, _model_card(manifest).encode("utf-8"))
+        manifest["files"] = [{"path": n, "size": s, "sha256": h} for n, (s, h) in sorted(copied.items())]
+        manifest["digest"] = compute_digest(manifest["files"])
+        validate("manifest", manifest, f"manifest of {agent} {label}")
+        text = dump_json(manifest)
+        refuse_secrets(text, MANIFEST)
+        write_new_file(staging / MANIFEST, text.encode("utf-8"))
+        for name in os.listdir(staging):
+            os.chmod(staging / name, 0o444)
+        fsync_dir(staging)
+
+        entry = journal.make_entry(
+            "publish",
+            agent,
+            label,
+            previous=previous,
+            current=label if promote else previous,
+            digest=manifest["digest"],
+            adapter_name=adapter_name,
+        )
+        self._write_pending(agent, entry)
+        target = versions_dir / label
+        try:
+            os.mkdir(target)  # the claim; only this lock holder renames onto it, so no version is ever replaced
+        except FileExistsError:
+            raise StoreConflict(f"agent {agent!r} already has a version {label!r}") from None
+        crash_point("claimed")
+        os.rename(staging, target)
+        fsync_dir(versions_dir)
+        fsync_dir(self.agent_dir(agent))
+        os.chmod(target, 0o555)
+        crash_point("renamed")
+        if promote:
+            crash_point("before-current-swap")
+            self._swap_current(agent, label)
+            self._point_map_at(agent, manifest)
+        crash_point("before-journal")
+        self._append_journal(entry)
+        self._clear_pending(agent)
+        return PublishResult(version=label, path=target, digest=manifest["digest"], manifest=manifest, promoted=promote)
+
+    def _change_current(self, agent: str, action: str, version: str, previous: str | None) -> dict[str, Any]:
+        """Put a published, intact version in service and journal it (held: all locks)."""
+        manifest = self.manifest(agent, version)
+        problems = self.check_files(agent, version)
+        if problems:
+            raise IntegrityError(f"refusing to {action} {agent} to {version}: {problems[0]}")
+        entry = journal.make_entry(
+            action,
+            agent,
+            version,
+            previous=previous,
+            current=version,
+            digest=manifest["digest"],
+            adapter_name=manifest["adapter_name"],
+        )
+        self._write_pending(agent, entry)
+        self._swap_current(agent, version)
+        self._point_map_at(agent, manifest)
+        crash_point("before-journal")
+        self._append_journal(entry)
+        self._clear_pending(agent)
+        return entry
+
+    def promote(self, agent: str, version: str) -> dict[str, Any] | None:
+        """Put ``version`` in service; None when it already is."""
+        agent, version = self.require_agent(agent), check_version(version)
+        with self._writing(agent):
+            self.manifest(agent, version)
+            previous = self.current(agent)
+            if previous == version:
+                self._point_map_at(agent, self.manifest(agent, version))
+                return None
+            return self._change_current(agent, "promote", version, previous)
+
+    def rollback(self, agent: str) -> dict[str, Any]:
+        """Put back the version that was in service before the current one (an undo stack, from the journal)."""
+        agent = self.require_agent(agent)
+        with self._writing(agent):
+            current = self.current(agent)
+            if current is None:
+                raise StoreNotFound(f"agent {agent!r} has no version in service to roll back from")
+            target = journal.rollback_target(journal.read_entries(self.journal_path), agent)
+            if target is None:
+                raise StoreNotFound(f"nothing to roll back to: the journal has no earlier version of {agent!r}")
+            if not self._is_visible(agent, target):
+                raise StoreNotFound(f"cannot roll back {agent!r} to {target!r}: that version is no longer in the store")
+            return self._change_current(agent, "rollback", target, current)
+
+    def _protected(self, agent: str) -> set[str]:
+        """Versions gc never removes: the one in service, the rollback target, and any the map points at."""
+        protected = {self.current(agent), journal.rollback_target(journal.read_entries(self.journal_path), agent)}
+        for entry in agent_map.entries(self.read_map(), agent):
+            head, _, label = entry["adapter_model_store_path"].partition(f"{agent}/{VERSIONS}/")
+            if not head:
+                protected.add(label)
+        return {v for v in protected if v}
+
+    def _gc_plan(self, agent: str, keep: int) -> tuple[list[str], list[str]]:
+        newest_first = [m["version"] for m in reversed(self.versions(agent))]
+        protected = self._protected(agent)
+        kept = [v for i, v in enumerate(newest_first) if i < keep or v in protected]
+        return [v for v in newest_first if v not in kept], kept
+
+    def gc(self, agent: str, keep: int, *, dry_run: bool = False) -> GcResult:
+        """Remove all but the ``keep`` newest versions, never the current one or the rollback target."""
+        agent = self.require_agent(agent)
+        if keep < 0:
+            raise StoreError(f"--keep must be 0 or more, not {keep}")
+        if dry_run:
+            remove, kept = self._gc_plan(agent, keep)
+            return GcResult(removed=remove, kept=kept, dry_run=True)
+        with self._writing(agent) as agent_dir:
+            remove, kept = self._gc_plan(agent, keep)
+            current = self.current(agent)
+            for version in remove:
+                manifest = self.manifest(agent, version)
+                entry = journal.make_entry(
+                    "gc",
+                    agent,
+                    version,
+                    previous=current,
+                    current=current,
+                    digest=manifest["digest"],
+                    adapter_name=manifest["adapter_name"],
+                )
+                self._write_pending(agent, entry)
+                trash = agent_dir / owned_name("trash")
+                target = agent_dir / VERSIONS / version
+                os.chmod(target, 0o755)  # moving a directory to another parent rewrites its ".."
+                os.rename(target, trash)
+                fsync_dir(agent_dir / VERSIONS)
+                crash_point("gc-moved")
+                self._append_journal(entry)
+                self._clear_pending(agent)
+                remove_tree(trash)
+        return GcResult(removed=remove, kept=kept, dry_run=False)
