@@ -242,12 +242,15 @@ def test_early_stopping_stops_when_eval_loss_stops_improving(builtin_agents, tmp
     assert summary["metrics"]["steps"] < 12
 
 
-def test_tensorboard_logs_are_written(builtin_agents, tmp_path):
+def test_tensorboard_logs_are_written_in_the_output_dir(builtin_agents, tmp_path, monkeypatch):
     pytest.importorskip("tensorboard")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
     agent = builtin_agents.get("fact_checker")
     config = config_for(agent, tmp_path / "o", report_to="tensorboard", max_train_samples=8, epochs=1.0)
     engine.train(config, agent, echo=quiet)
-    assert list((tmp_path / "o").rglob("events.out.tfevents.*"))
+    assert list((tmp_path / "o" / "runs").rglob("events.out.tfevents.*"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 64), (2, 5, 64)])

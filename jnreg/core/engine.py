@@ -338,6 +338,9 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
+    if config.report_to == "tensorboard":
+        # Without this, a writer opened by the evaluation before training logs to ./runs.
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(output_dir / "runs"))
     train_dataset = Dataset.from_list(prepared.train.rows)
     eval_dataset = Dataset.from_list(prepared.eval.rows) if prepared.eval else None
     extra = list(callbacks)
