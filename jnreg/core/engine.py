@@ -338,9 +338,6 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
-    if config.report_to == "tensorboard":
-        # Without this, a writer opened by the evaluation before training logs to ./runs.
-        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(output_dir / "runs"))
     train_dataset = Dataset.from_list(prepared.train.rows)
     eval_dataset = Dataset.from_list(prepared.eval.rows) if prepared.eval else None
     extra = list(callbacks)
@@ -360,6 +357,10 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
     for param in trainer.model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
+    for callback in trainer.callback_handler.callbacks:
+        if type(callback).__name__ == "TensorBoardCallback" and callback.logging_dir is None:
+            # Otherwise the evaluation before training opens a writer in ./runs, not in the output dir.
+            callback.logging_dir = str(output_dir / "runs")
     LossLines.install(trainer, echo)
     return Setup(trainer, prepared, tokenizer, report.device, resume_from)
 
