@@ -295,3 +295,22 @@ def test_memory_estimate_for_mistral_7b_fits_a_3090():
         mistral_7b, quantization="none", target_modules=("q_proj",), r=16, batch_size=1, seq_len=2048
     )
     assert unquantized["total_bytes"] > estimate["total_bytes"] + 8 * GiB
+
+
+def test_train_files_take_several_paths_after_one_flag_as_the_guide_writes_them(builtin_agents, tmp_path):
+    sample = builtin_agents.get("fact_checker").spec.sample_data.read_text().splitlines()
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text("\n".join(sample[:5]) + "\n")
+    second.write_text("\n".join(sample[5:9]) + "\n")
+    out = tmp_path / "out"
+    done = CliRunner().invoke(
+        cli,
+        ["train", "fact_checker", "--train-files", str(first), str(second), "--model_name_or_path", TINY,
+         "--output_dir", str(out), "--eval-fraction", "0", "--dry-run", "--json"],
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.stdout)
+    assert summary["dataset"]["rows"] == 9
+    assert summary["dataset"]["source"] == f"{first}, {second}"
+    saved = json.loads((out / "jnreg_config.json").read_text())
+    assert saved["train_files"] == [str(first), str(second)]
