@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -114,12 +114,7 @@ class TrainConfig(Hyperparameters):
 
     @property
     def eval_options(self) -> DataOptions:
-        return DataOptions(
-            train_files=self.eval_files,
-            text_field=self.text_field,
-            prompt_field=self.prompt_field,
-            response_field=self.response_field,
-        )
+        return replace(self.data_options, train_files=self.eval_files, dataset_name=None, max_samples=None)
 
     def hyperparameters(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in fields(Hyperparameters)}
