@@ -314,3 +314,16 @@ def test_train_files_take_several_paths_after_one_flag_as_the_guide_writes_them(
     assert summary["dataset"]["source"] == f"{first}, {second}"
     saved = json.loads((out / "jnreg_config.json").read_text())
     assert saved["train_files"] == [str(first), str(second)]
+
+
+def test_eval_files_replace_the_held_out_fraction(builtin_agents, tmp_path):
+    sample = builtin_agents.get("fact_checker").spec.sample_data.read_text().splitlines()
+    train_file, eval_file = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    train_file.write_text("\n".join(sample[:10]) + "\n")
+    eval_file.write_text("\n".join(sample[10:13]) + "\n")
+    agent = builtin_agents.get("fact_checker")
+    config = config_for(
+        agent, tmp_path / "o", train_files=(str(train_file),), eval_files=(str(eval_file),), max_train_samples=None
+    )
+    summary = engine.dry_run(config, agent, echo=quiet)
+    assert (summary["dataset"]["rows"], summary["dataset"]["eval_rows"]) == (10, 3)
