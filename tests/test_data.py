@@ -99,7 +99,7 @@ def test_globs_json_files_and_max_samples(tmp_path, builtin_agents):
     (tmp_path / "b.json").write_text(json.dumps([GOOD, GOOD]), encoding="utf-8")
     options = DataOptions(train_files=(str(tmp_path / "*.json*"),))
     checked = data.check_records(data.load_records(spec, options), options, spec)
-    assert [e.where for e in checked.examples][-1] == f"{tmp_path / 'b.json'}:2"
+    assert [e.where for e in checked.examples][-1] == f"{tmp_path / 'b.json'}:row 2"
     assert len(checked.examples) == 5
     limited = data.check_records(data.load_records(spec, options), options, spec, limit=4)
     assert len(limited.examples) == 4
@@ -112,7 +112,7 @@ def test_local_dataset_directory(tmp_path, builtin_agents):
     spec = builtin_agents.get("fact_checker").spec
     options = DataOptions(dataset_name=str(tmp_path / "ds"))
     checked = data.check_records(data.load_records(spec, options), options, spec)
-    assert len(checked.examples) == 2 and checked.examples[0].where.endswith("[train]:1")
+    assert len(checked.examples) == 2 and checked.examples[0].where.endswith("[train]:row 1")
 
 
 def test_unknown_hub_dataset_offline_is_a_clear_error(builtin_agents):
@@ -152,6 +152,29 @@ def test_prompt_template_with_literal_bos_still_gives_one_bos(tokenizer, builtin
     assert "Answer with" not in tokenizer.decode(completion_ids)
     with pytest.raises(DataError, match="exactly once"):
         data.Renderer(tokenizer, spec.template, "{prompt} only")
+    with pytest.raises(DataError, match=r"unknown placeholder\(s\) \{foo\}"):
+        data.Renderer(tokenizer, spec.template, "{prompt} {foo} {response}")
+
+
+def test_template_that_drops_the_system_prompt_before_an_answer_still_trains_on_the_serving_prompt(
+    tokenizer, builtin_agents
+):
+    """Mistral v0.3 (and the built-in model) put the system prompt only into a final user turn."""
+    spec = builtin_agents.get("fact_checker").spec
+    messages = spec.template.messages(GOOD["prompt"])
+    with_answer = tokenizer.apply_chat_template(
+        [*messages, {"role": "assistant", "content": GOOD["response"]}], tokenize=False
+    )
+    assert spec.template.system not in with_answer  # the case the fallback exists for
+
+    prompt_ids, completion_ids = data.Renderer(tokenizer, spec.template).render(
+        data.Example("x:1", prompt=GOOD["prompt"], response=GOOD["response"])
+    )
+    serving = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert tokenizer.decode(prompt_ids) == serving
+    # The answer's framing comes from the template: " answer</s>", tokenized after the prompt.
+    joint = tokenizer(serving + " " + GOOD["response"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    assert prompt_ids + completion_ids == joint
 
 
 def test_overlong_rows_truncate_prompt_from_the_left_or_drop(tokenizer, builtin_agents):

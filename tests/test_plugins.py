@@ -60,12 +60,15 @@ def test_in_memory_plugin_registers_and_unregisters(jnreg_host, register_plugin)
         jnreg_host.get("team_one")
 
 
-def test_two_plugins_claiming_one_agent_name_both(jnreg_host, register_plugin):
+def test_two_plugins_claiming_one_agent_name_both_and_others_keep_working(jnreg_host, register_plugin):
     register_plugin(make_plugin("dup"), name="first-plugin")
     register_plugin(make_plugin("dup"), name="second-plugin")
+    register_plugin(make_plugin("other"), name="other-plugin")
+    assert list(jnreg_host.agents()) == ["other"]
     with pytest.raises(PluginError) as caught:
-        jnreg_host.agents()
+        jnreg_host.get("dup")
     assert "first-plugin" in str(caught.value) and "second-plugin" in str(caught.value)
+    assert any("first-plugin" in p and "second-plugin" in p for p in jnreg_host.problems)
 
 
 def test_broken_plugin_is_named_and_others_keep_working(jnreg_host, register_plugin):

@@ -495,3 +495,32 @@ def test_agent_map_path_is_configurable(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("AGENT_MODEL_MAP", str(elsewhere))
     assert ModelStore(tmp_path / "store").map_path == elsewhere
     assert ModelStore(tmp_path / "store").verify().ok
+
+
+def test_foreign_entries_of_other_shapes_do_not_block_publishing(store: ModelStore, tmp_path: Path) -> None:
+    store.root.mkdir()
+    foreign = {
+        "base_models": {},
+        "agents": {
+            "scout": [{"model": "llama-3-8b", "served_by": "vllm"}],
+            "synthesizer": [{"adapter_name": "legacy_notes", "note": "kept by hand"}],
+        },
+    }
+    (store.root / "AGENT_MODEL_MAP.json").write_text(json.dumps(foreign))
+    published = store.publish("synthesizer", adapter(tmp_path, 3), adapter_name="synth_b")
+    document = store.read_map()
+    assert document["agents"]["scout"] == foreign["agents"]["scout"]
+    assert document["agents"]["synthesizer"][1] == foreign["agents"]["synthesizer"][0]
+    assert document["agents"]["synthesizer"][0]["adapter_version"] == published.version
+    assert store.verify().ok, store.verify().problems
+    assert store.resolve("synthesizer").version == published.version
+    store.gc("synthesizer", keep=1, dry_run=True)
+
+
+def test_an_entry_jnreg_wrote_must_keep_its_shape(store: ModelStore, tmp_path: Path) -> None:
+    store.publish("critic", adapter(tmp_path, 4))
+    document = json.loads(store.map_path.read_text())
+    del document["agents"]["critic"][0]["adapter_model_store_path"]
+    store.map_path.write_text(json.dumps(document))
+    with pytest.raises(IntegrityError, match="adapter_model_store_path"):
+        store.read_map()

@@ -51,6 +51,12 @@ def test_new_refuses_bad_names(tmp_path, bad):
     assert not (tmp_path / "x").exists()
 
 
+def test_new_refuses_the_name_of_an_existing_agent(tmp_path, builtin_agents):
+    done = CliRunner().invoke(cli, ["agents", "new", "synthesizer", "--dir", str(tmp_path / "x")])
+    assert done.exit_code == 1 and "already exists" in done.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_new_refuses_a_non_empty_directory(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
     done = CliRunner().invoke(cli, ["agents", "new", "desk", "--dir", str(tmp_path)])

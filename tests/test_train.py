@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from jnreg.core import engine
 from jnreg.core.cli import cli
 from jnreg.core.config import TrainConfig, build_config, read_config_file
+from jnreg.core.dryrun import dry_run
 from jnreg.core.errors import ConfigError
 from jnreg.schemas import errors as schema_errors
 
@@ -193,9 +194,13 @@ def test_settings_precedence_core_plugin_file_flags(builtin_agents, tmp_path):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--learning-rate", "-1"], "learning_rate must be in"),
-        (["--adapter-r", "0"], "adapter_r must be"),
-        (["--eval-fraction", "1.5"], "eval_fraction must be in"),
+        (["--learning-rate", "-1"], "invalid setting learning_rate: -1.0 is less than or equal to the minimum"),
+        (["--adapter-r", "0"], "invalid setting adapter_r: 0 is less than the minimum of 1"),
+        (["--eval-fraction", "1.5"], "invalid setting eval_fraction"),
+        (["--adapter-name", "../evil"], "invalid setting adapter_name"),
+        (["--adapter-version", "../x", "--publish"], "invalid version label '../x'"),
+        (["--early-stopping-patience", "2", "--eval-fraction", "0"], "early stopping needs evaluation rows"),
+        (["--output-dir", "/proc/jnreg-cannot-write"], "cannot write the output directory"),
         (["--train-files", "a.jsonl", "--dataset-name", "x"], "not both"),
         (["--prompt-template", "{prompt}"], "{response} exactly once"),
         (["--target-modules", "nonexistent_proj"], "cannot apply LoRA"),
@@ -205,11 +210,14 @@ def test_bad_settings_are_one_line_errors(builtin_agents, tmp_path, flags, messa
     data = tmp_path / "a.jsonl"
     data.write_text(builtin_agents.get("fact_checker").spec.sample_data.read_text())
     flags = [str(data) if f == "a.jsonl" else f for f in flags]
-    dry = [] if "--target-modules" in flags else ["--dry-run"]
-    args = ["train", "fact_checker", "--model_name_or_path", TINY, "--output-dir", str(tmp_path / "o"), *dry]
+    dry = [] if "--target-modules" in flags or "--publish" in flags else ["--dry-run"]
+    output = [] if "--output-dir" in flags else ["--output-dir", str(tmp_path / "o")]
+    args = ["train", "fact_checker", "--model_name_or_path", TINY, *output, *dry]
     done = CliRunner().invoke(cli, [*args, "--max-train-samples", "4", *flags])
     assert done.exit_code == 1, done.output
     assert message in done.output.strip().splitlines()[-1]
+    assert "Traceback" not in done.output
+    assert not (tmp_path / "o" / "adapter_model.safetensors").exists()  # refused before any training
 
 
 def test_hub_model_offline_says_how_to_use_the_builtin_model(tmp_path):
@@ -325,5 +333,31 @@ def test_eval_files_replace_the_held_out_fraction(builtin_agents, tmp_path):
     config = config_for(
         agent, tmp_path / "o", train_files=(str(train_file),), eval_files=(str(eval_file),), max_train_samples=None
     )
-    summary = engine.dry_run(config, agent, echo=quiet)
+    summary = dry_run(config, agent, echo=quiet)
     assert (summary["dataset"]["rows"], summary["dataset"]["eval_rows"]) == (10, 3)
+
+
+def test_publish_problems_are_found_before_training(builtin_agents, tmp_path):
+    store_root = tmp_path / "store"
+    store_root.mkdir()
+    (store_root / "AGENT_MODEL_MAP.json").write_text("{ not json")
+    out = tmp_path / "o"
+    done = CliRunner().invoke(
+        cli,
+        ["--store-root", str(store_root), "train", "fact_checker", "--model_name_or_path", TINY,
+         "--output-dir", str(out), "--max-steps", "1", "--publish"],
+    )  # fmt: skip
+    assert done.exit_code == 1
+    assert "AGENT_MODEL_MAP.json" in done.output.strip().splitlines()[-1]
+    assert not (out / "adapter_model.safetensors").exists()
+
+
+def test_dry_run_fails_when_the_model_would_not_fit(builtin_agents, tmp_path, monkeypatch):
+    from jnreg.core import preflight
+    from jnreg.core.errors import EnvironmentCheckError
+
+    monkeypatch.setattr(preflight, "RTX_3090_BYTES", 1024)
+    agent = builtin_agents.get("fact_checker")
+    with pytest.raises(EnvironmentCheckError, match="training needs about"):
+        dry_run(config_for(agent, tmp_path / "o", max_train_samples=4), agent, echo=quiet)
+    assert json.loads((tmp_path / "o" / "training_summary.json").read_text())["dry_run"] is True

@@ -105,11 +105,11 @@ def agents_show(agent: str, as_json: bool) -> None:
 
 
 def _register_subcommands() -> None:
-    from jnreg.core import cli_scaffold, cli_store, cli_train
+    from jnreg.core import cli_generate, cli_scaffold, cli_store, cli_train
 
     cli.add_command(cli_store.store)
     cli.add_command(cli_train.train)
-    cli.add_command(cli_train.generate)
+    cli.add_command(cli_generate.generate)
     agents.add_command(cli_scaffold.agents_new)
 
 

@@ -18,8 +18,14 @@ from jnreg.core.cli_base import echo_json
 @click.option("--json", "as_json", is_flag=True, help="Print the files written as JSON.")
 def agents_new(name: str, directory: Path | None, description: str | None, as_json: bool) -> None:
     """Write a plugin package for agent NAME: pyproject, hook, sample data, schema, test."""
+    from jnreg.core.errors import ConfigError
+    from jnreg.core.plugins import get_host
     from jnreg.core.scaffold import write_plugin
 
+    existing = get_host().agents().get(name)
+    if existing is not None:
+        # Two plugins claiming one name would make that agent unusable for everyone.
+        raise ConfigError(f"agent {name!r} already exists (plugin {existing.plugin!r}); choose another name")
     directory = directory or Path(f"jnreg-{name.replace('_', '-')}")
     files = write_plugin(name, directory, description)
     if as_json:

@@ -1,8 +1,7 @@
-"""``jnreg train`` and ``jnreg generate``."""
+"""``jnreg train``: the guide's options, merged over the agent's defaults, then a dry run or training."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -132,14 +131,17 @@ def train(
     echo = _echo(as_json)
     _print_config(config, echo)
 
-    from jnreg.core import engine
-
     if config.dry_run:
-        summary = engine.dry_run(config, agent, echo=echo)
+        from jnreg.core.dryrun import dry_run
+
+        summary = dry_run(config, agent, echo=echo)
     else:
+        from jnreg.core import engine
+
+        store = _store_for(ctx, config, echo) if config.publish else None
         summary = engine.train(config, agent, echo=echo)
-        if config.publish:
-            summary = _publish(ctx, config, echo) | {"training": summary}
+        if store is not None:
+            summary = _publish(store, config, echo) | {"training": summary}
     if as_json:
         echo_json(summary)
 
@@ -155,13 +157,19 @@ def _print_config(config: Any, echo: Any) -> None:
     echo("effective config: " + ", ".join(f"{k}={v}" for k, v in sorted(document.items()) if v not in (None, [], ())))
 
 
-def _publish(ctx: click.Context, config: Any, echo: Any) -> dict[str, Any]:
+def _store_for(ctx: click.Context, config: Any, echo: Any) -> Any:
+    """The store to publish into, checked before training so a run that cannot be published fails now."""
     from jnreg.registry import ModelStore
 
     root = Path(config.store_root) if config.store_root else None
     if root is None:
         echo("note: no --store-root or MODEL_STORE_ROOT; publishing to ./model_store")
     store = ModelStore(root, settings(ctx).agent_map)
+    store.check_can_publish(config.agent, adapter_name=config.adapter_name, version=config.adapter_version)
+    return store
+
+
+def _publish(store: Any, config: Any, echo: Any) -> dict[str, Any]:
     result = store.publish(
         config.agent, Path(config.output_dir), adapter_name=config.adapter_name, version=config.adapter_version
     )
@@ -174,43 +182,3 @@ def _publish(ctx: click.Context, config: Any, echo: Any) -> dict[str, Any]:
             "digest": result.digest,
         }
     }
-
-
-@click.command()
-@click.argument("agent")
-@click.argument("prompt")
-@click.option("--version", help="Adapter version [the one in service].")
-@click.option("--max-new-tokens", type=int, help="[the agent's serving setting]")
-@click.option("--temperature", type=float, help="[the agent's serving setting]")
-@click.option("--quantization", type=_choice("nf4", "8bit", "none"), default="nf4", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.pass_context
-def generate(
-    ctx: click.Context,
-    agent: str,
-    prompt: str,
-    version: str | None,
-    max_new_tokens: int | None,
-    temperature: float | None,
-    quantization: str,
-    as_json: bool,
-) -> None:
-    """Answer PROMPT with AGENT's stored adapter, through the agent's serving template."""
-    from jnreg.core.generation import generate_answer
-
-    if prompt == "-":
-        prompt = sys.stdin.read()
-    result = generate_answer(
-        agent,
-        prompt,
-        version=version,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        quantization=None if quantization == "none" else quantization,
-        store_root=settings(ctx).store_root,
-        agent_map=settings(ctx).agent_map,
-    )
-    if as_json:
-        echo_json(result)
-    else:
-        click.echo(result["text"])

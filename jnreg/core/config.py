@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from jnreg.core.data import BAD_ROW_POLICIES, OVERLONG_STRATEGIES
 from jnreg.core.errors import ConfigError
-from jnreg.core.models import QUANTIZATIONS
 from jnreg.core.spec import AgentSpec, DataOptions, Hyperparameters
+from jnreg.registry.names import is_label
+from jnreg.schemas import errors as schema_errors
 
 CONFIG_FILE = "jnreg_config.json"
 CONFIG_SCHEMA_VERSION = 1
@@ -70,34 +70,27 @@ class TrainConfig(Hyperparameters):
     store_root: str | None = field(default=None, metadata={"help": "ModelStore root when publishing."})
 
     def __post_init__(self) -> None:
-        for name in ("train_files", "eval_files"):
+        for name in ("train_files", "eval_files", "target_modules"):
             value = getattr(self, name)
-            if isinstance(value, (str, list)):
-                object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+            if isinstance(value, str):
+                value = value.split(",") if name == "target_modules" else [value]
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        # Types and ranges first, so a config file's "epochs": "three" gets a message, not a TypeError.
+        problems = schema_errors("train_config", self.to_document())
+        if problems:
+            raise ConfigError(f"invalid setting {problems[0]}")
         super().__post_init__()
-        if not self.agent:
-            raise ConfigError("no agent given")
-        if self.quantization not in QUANTIZATIONS:
-            raise ConfigError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
-        if self.on_bad_row not in BAD_ROW_POLICIES:
-            raise ConfigError(f"on_bad_row must be one of {', '.join(BAD_ROW_POLICIES)}, got {self.on_bad_row!r}")
-        if self.overlong not in OVERLONG_STRATEGIES:
-            raise ConfigError(f"overlong must be one of {', '.join(OVERLONG_STRATEGIES)}, got {self.overlong!r}")
-        if not 0 <= self.eval_fraction < 1:
-            raise ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
-        if self.max_train_samples is not None and self.max_train_samples < 1:
-            raise ConfigError(f"max_train_samples must be >= 1, got {self.max_train_samples}")
+        if not is_label(self.adapter_name):
+            raise ConfigError(f"invalid adapter name {self.adapter_name!r}: use letters, digits, '.', '_' and '-'")
+        if self.adapter_version is not None and not is_label(self.adapter_version):
+            raise ConfigError(f"invalid version label {self.adapter_version!r}: use letters, digits, '.', '_' and '-'")
         if self.train_files and self.dataset_name:
             raise ConfigError("give --train-files or --dataset-name, not both")
-        if self.report_to not in ("none", "tensorboard"):
-            raise ConfigError(f"report_to must be none or tensorboard, got {self.report_to!r}")
-        for name in ("logging_steps", "save_steps", "save_total_limit"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1")
-        if self.max_steps == 0 or self.max_steps < -1:
+        if self.max_steps == 0:
             raise ConfigError("max_steps must be -1 (off) or >= 1")
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            raise ConfigError("early_stopping_patience must be >= 1")
+        if self.early_stopping_patience is not None and self.eval_fraction == 0 and not self.eval_files:
+            raise ConfigError("early stopping needs evaluation rows: give --eval-files or a non-zero --eval-fraction")
 
     @property
     def data_options(self) -> DataOptions:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import random
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from jnreg.core.errors import DataError
 from jnreg.core.spec import AgentSpec, DataOptions, PromptTemplate, Record
 
 BAD_ROW_POLICIES = ("fail", "skip")
+TEMPLATE_FIELDS = {"prompt", "response", "system"}
 OVERLONG_STRATEGIES = ("truncate", "drop")
 
 
@@ -49,7 +51,7 @@ def read_file(path: Path) -> Iterator[Record]:
         if not isinstance(rows, list):
             raise DataError(f"{source}: a .json data file must hold a list of rows")
         for index, row in enumerate(rows, start=1):
-            yield Record(row, source, index)
+            yield Record(row, source, index, unit="row ")
         return
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -82,7 +84,7 @@ def read_dataset(options: DataOptions) -> Iterator[Record]:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"cannot load dataset {name!r}: {first}") from None
     for index, row in enumerate(loaded, start=1):
-        yield Record(dict(row), source, index)
+        yield Record(dict(row), source, index, unit="row ")
 
 
 def default_loader(options: DataOptions, sample_data: Path | None) -> Iterator[Record]:
@@ -105,7 +107,7 @@ def load_records(spec: AgentSpec, options: DataOptions, plugin: str | None = Non
         return
     try:
         for index, row in enumerate(spec.load_dataset(options), start=1):
-            yield row if isinstance(row, Record) else Record(row, f"{plugin or spec.name} loader", index)
+            yield row if isinstance(row, Record) else Record(row, f"{plugin or spec.name} loader", index, unit="row ")
     except DataError:
         raise
     except Exception as exc:
@@ -245,6 +247,12 @@ class Renderer:
         if prompt_template is not None:
             if prompt_template.count("{response}") != 1 or "{prompt}" not in prompt_template:
                 raise DataError("--prompt-template must contain {prompt} once and {response} exactly once")
+            unknown = sorted(set(re.findall(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", prompt_template)) - TEMPLATE_FIELDS)
+            if unknown:
+                names = ", ".join("{" + name + "}" for name in unknown)
+                raise DataError(
+                    f"--prompt-template has unknown placeholder(s) {names}; use {{prompt}}, {{response}}, {{system}}"
+                )
             head, tail = prompt_template.split("{response}")
             if "{prompt}" not in head:
                 raise DataError("--prompt-template must put {prompt} before {response}")
@@ -272,21 +280,41 @@ class Renderer:
     def _with_eos(self, ids: list[int]) -> list[int]:
         return ids if ids and ids[-1] == self.eos else [*ids, self.eos]
 
+    def _chat(self, messages: list[dict[str, str]], **options: Any) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, **options)
+
+    def _answer_framing(self, prompt: str, response: str, prompt_text: str) -> str:
+        """The text that follows the serving prompt when the model answers: the template's framing of it."""
+        if self.prompt_template is not None:
+            return response + self._tail
+        answer = {"role": "assistant", "content": response}
+        messages = self.template.messages(prompt)
+        full = self._chat([*messages, answer])
+        if full.startswith(prompt_text):
+            return full[len(prompt_text) :]
+        # Mistral v0.3's template puts the system prompt only into a final user turn, so the chat
+        # with the answer attached drops it. The answer's framing (leading space, EOS) is the same
+        # without a system prompt, so take it from there.
+        bare_prompt = self._chat(messages[1:], add_generation_prompt=True)
+        bare_full = self._chat([*messages[1:], answer])
+        return bare_full[len(bare_prompt) :] if bare_full.startswith(bare_prompt) else response
+
     def render(self, example: Example) -> tuple[list[int], list[int]]:
-        """(prompt ids, completion ids): exactly one BOS first, EOS last, loss on the completion only."""
+        """(prompt ids, completion ids): exactly one BOS first, EOS last, loss on the completion only.
+
+        The prompt is tokenized exactly as serving sends it. The answer is tokenized in context,
+        after the prompt, because that is how the model produces it (a leading space joins the
+        answer's first token); only where the two do not line up is it tokenized on its own.
+        """
         if example.text is not None:
             return [], self._with_eos(self._with_one_bos(self._ids(example.text)))
         assert example.prompt is not None and example.response is not None
         prompt_text = self.serving_prompt(example.prompt)
-        if self.prompt_template is not None:
-            completion_text = example.response + self._tail
-        else:
-            messages = [*self.template.messages(example.prompt), {"role": "assistant", "content": example.response}]
-            full = self.tokenizer.apply_chat_template(messages, tokenize=False)
-            # Templates that render the prompt the same way with the answer attached give us the
-            # answer's exact framing (leading space, EOS); others get the bare answer plus EOS.
-            completion_text = full[len(prompt_text) :] if full.startswith(prompt_text) else example.response
-        return self._with_one_bos(self._ids(prompt_text)), self._with_eos(self._ids(completion_text))
+        answer = self._answer_framing(example.prompt, example.response, prompt_text)
+        prompt_ids = self._ids(prompt_text)
+        joint = self._ids(prompt_text + answer)
+        completion_ids = joint[len(prompt_ids) :] if joint[: len(prompt_ids)] == prompt_ids else self._ids(answer)
+        return self._with_one_bos(prompt_ids), self._with_eos(completion_ids)
 
 
 @dataclass

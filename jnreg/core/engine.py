@@ -1,204 +1,31 @@
-"""The training engine: data → tokens → 4-bit base + LoRA → TRL's SFTTrainer → adapter and summary."""
+"""The training engine: the quantized base with LoRA, TRL's SFTTrainer, and the trained adapter."""
 
 from __future__ import annotations
 
-import json
-import os
 import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from jnreg.core import data as data_mod
 from jnreg.core import preflight
-from jnreg.core.config import CONFIG_FILE, TrainConfig
+from jnreg.core.config import TrainConfig
 from jnreg.core.errors import ConfigError
-from jnreg.core.models import load_base_model, load_config, load_tokenizer
+from jnreg.core.models import hub_token, load_base_model, load_tokenizer, quiet_library_warnings
+from jnreg.core.outputs import (
+    SUMMARY_FILE,
+    build_summary,
+    make_output_dir,
+    now,
+    record_base_model,
+    save_config,
+    write_json,
+)
 from jnreg.core.plugins import Agent
-from jnreg.schemas import validate
+from jnreg.core.prepare import PreparedData, prepare_data
 
-SUMMARY_FILE = "training_summary.json"
 Echo = Callable[[str], None]
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def write_json(path: Path, document: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-@dataclass
-class PreparedData:
-    """Checked, split and tokenized rows, with what was skipped, truncated or dropped."""
-
-    source: str
-    checked: data_mod.CheckedData
-    train: data_mod.Tokenized
-    eval: data_mod.Tokenized | None
-    renderer: data_mod.Renderer
-    first_example: data_mod.Example
-
-    def stats(self) -> dict[str, Any]:
-        lengths = self.train.lengths
-        both = [self.train] + ([self.eval] if self.eval else [])
-        return {
-            "source": self.source,
-            "sha256": self.checked.sha256,
-            "rows": len(self.train.rows),
-            "eval_rows": len(self.eval.rows) if self.eval else 0,
-            "rows_skipped": len(self.checked.skipped),
-            "rows_truncated": sum(len(t.truncated) for t in both),
-            "rows_dropped_too_long": sum(len(t.dropped) for t in both),
-            "prompt_tokens": self.train.prompt_tokens,
-            "response_tokens": self.train.response_tokens,
-            "supervised_tokens": self.train.supervised_tokens,
-            "length_p50": data_mod.percentile(lengths, 50),
-            "length_p95": data_mod.percentile(lengths, 95),
-            "length_max": max(lengths),
-            "skipped": self.checked.skipped[:50],
-        }
-
-
-def describe_source(config: TrainConfig, agent: Agent) -> str:
-    if config.train_files:
-        return ", ".join(config.train_files)
-    if config.dataset_name:
-        return f"{config.dataset_name}[{config.dataset_split}]"
-    return f"{agent.name} sample data ({agent.plugin})"
-
-
-def prepare_data(config: TrainConfig, agent: Agent, tokenizer: Any) -> PreparedData:
-    spec = agent.spec
-    records = data_mod.load_records(spec, config.data_options, agent.plugin)
-    checked = data_mod.check_records(
-        records, config.data_options, spec, on_bad_row=config.on_bad_row, limit=config.max_train_samples
-    )
-    if config.eval_files:
-        eval_checked = data_mod.check_records(
-            data_mod.default_loader(config.eval_options, None), config.eval_options, spec, on_bad_row=config.on_bad_row
-        )
-        checked.skipped.extend(eval_checked.skipped)
-        train_rows, eval_rows = checked.examples, eval_checked.examples
-    else:
-        train_rows, eval_rows = data_mod.split_eval(checked.examples, config.eval_fraction, config.seed)
-    renderer = data_mod.Renderer(tokenizer, spec.template, config.prompt_template)
-    train = data_mod.tokenize(train_rows, renderer, config.max_seq_length, config.overlong)
-    evaluation = data_mod.tokenize(eval_rows, renderer, config.max_seq_length, config.overlong) if eval_rows else None
-    return PreparedData(describe_source(config, agent), checked, train, evaluation, renderer, train_rows[0])
-
-
-def marked_example(prepared: PreparedData) -> str:
-    """The first row as the model sees it, trained tokens between ⟦ and ⟧."""
-    prompt, completion = prepared.renderer.render(prepared.first_example)
-    tok = prepared.renderer.tokenizer
-    return tok.decode(prompt) + "⟦" + tok.decode(completion) + "⟧"
-
-
-def _summary(
-    config: TrainConfig, *, dry_run: bool, dataset: dict[str, Any], metrics: dict[str, Any], started: str, device: str
-) -> dict[str, Any]:
-    dataset = {k: v for k, v in dataset.items() if not k.startswith("length_")}
-    summary = {
-        "schema_version": 1,
-        "agent": config.agent,
-        "adapter_name": config.adapter_name,
-        "adapter_version": None,
-        "dry_run": dry_run,
-        "base_model": config.base_model,
-        "base_model_revision": config.base_model_revision,
-        "quantization": config.quantization,
-        "hyperparameters": config.hyperparameters(),
-        "dataset": dataset,
-        "metrics": metrics,
-        "library_versions": preflight.library_versions(),
-        "seed": config.seed,
-        "started_at": started,
-        "finished_at": _now(),
-        "device": device,
-    }
-    validate("training_summary", summary, "training summary", error=ConfigError)
-    return summary
-
-
-def save_config(config: TrainConfig, output_dir: Path) -> None:
-    document = config.to_document()
-    validate("train_config", document, "effective config", error=ConfigError)
-    write_json(output_dir / CONFIG_FILE, document)
-
-
-def hub_token() -> str | None:
-    return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
-
-
-def dry_run(config: TrainConfig, agent: Agent, echo: Echo = print) -> dict[str, Any]:
-    """Every check a run makes, no training: packages, backend, tokenizer, config, data, memory."""
-    started = _now()
-    report = preflight.check_environment(config.quantization)
-    for line in report.lines:
-        echo(line)
-    report.raise_if_failed()
-    token = hub_token()
-    tokenizer = load_tokenizer(config.base_model, token=token, revision=config.base_model_revision)
-    model_config = load_config(config.base_model, token=token, revision=config.base_model_revision)
-    echo(f"ok    tokenizer and config of {config.base_model} ({model_config.model_type})")
-    prepared = prepare_data(config, agent, tokenizer)
-    stats = prepared.stats()
-    echo(f"ok    data: {stats['rows']} training rows, {stats['eval_rows']} eval rows from {stats['source']}")
-    _echo_data_report(prepared, stats, config, echo)
-    estimate = preflight.estimate_gpu_memory(
-        model_config,
-        quantization=config.quantization,
-        target_modules=config.target_modules,
-        r=config.adapter_r,
-        batch_size=config.train_batch_size,
-        seq_len=min(config.max_seq_length, stats["length_max"]),
-    )
-    capacity = report.gpu_bytes or preflight.RTX_3090_BYTES
-    gpu = report.gpu_name or "a 24 GB RTX 3090 (no GPU here)"
-    verdict = "fits" if estimate["total_bytes"] < capacity else "does NOT fit"
-    echo(
-        f"note  GPU memory estimate: {estimate['total_bytes'] / preflight.GiB:.1f} GiB "
-        f"({estimate['parameters'] / 1e6:.1f}M parameters, {estimate['lora_parameters'] / 1e6:.2f}M LoRA) "
-        f"{verdict} on {gpu} ({capacity / preflight.GiB:.0f} GiB)"
-    )
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    summary = _summary(
-        config,
-        dry_run=True,
-        dataset=stats,
-        metrics={"memory_estimate": estimate},
-        started=started,
-        device=report.device,
-    )
-    write_json(output_dir / SUMMARY_FILE, summary)
-    save_config(config, output_dir)
-    echo(f"dry run passed; wrote {output_dir / SUMMARY_FILE} and {output_dir / CONFIG_FILE}")
-    return summary
-
-
-def _echo_data_report(prepared: PreparedData, stats: dict[str, Any], config: TrainConfig, echo: Echo) -> None:
-    echo(
-        f"      tokens: prompt {stats['prompt_tokens']}, response {stats['response_tokens']}, "
-        f"supervised {stats['supervised_tokens']}; length p50 {stats['length_p50']}, p95 {stats['length_p95']}, "
-        f"max {stats['length_max']} (limit {config.max_seq_length})"
-    )
-    echo(
-        f"      rows over the limit: {stats['rows_truncated']} truncated, {stats['rows_dropped_too_long']} dropped "
-        f"({config.overlong}); bad rows skipped: {stats['rows_skipped']}"
-    )
-    for line in prepared.checked.skipped[:5]:
-        echo(f"      skipped {line}")
-    echo(f"      example ({prepared.first_example.where}); trained tokens are inside ⟦ ⟧:")
-    for line in marked_example(prepared).splitlines():
-        echo(f"      | {line}")
 
 
 def _device_metrics(device: str) -> int:
@@ -215,25 +42,6 @@ def _last_checkpoint(output_dir: Path) -> str | None:
     return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
 
 
-def _record_base_model(output_dir: Path, base_model: str) -> None:
-    """Name the base model by its public id, not the local cache path it was loaded from."""
-    path = output_dir / "adapter_config.json"
-    adapter_config = json.loads(path.read_text(encoding="utf-8"))
-    adapter_config["base_model_name_or_path"] = base_model
-    write_json(path, adapter_config)
-
-
-def quiet_library_warnings() -> None:
-    """Silence library warnings that say nothing actionable to a jnreg user."""
-    import warnings
-
-    # transformers 5 renames gradient_checkpointing to activation_checkpointing; TRL still uses the old names.
-    warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6.*", category=FutureWarning)
-    # bitsandbytes' CPU gemv_4bit kernel has no autograd registration; its input gradients were checked
-    # against the dequantized weights (tests/test_train.py), so the warning's "may be incorrect" does not apply.
-    warnings.filterwarnings("ignore", message=r"bitsandbytes::gemv_4bit: an autograd kernel", category=UserWarning)
-
-
 @dataclass
 class Setup:
     """A trainer ready to run, with the data and device it was built for."""
@@ -247,9 +55,9 @@ class Setup:
 
 def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: Sequence[Any] = ()) -> Setup:
     """Check the environment, prepare the data, load the quantized base, add LoRA, build the trainer."""
+    output_dir = make_output_dir(config)
     report = preflight.check_environment(config.quantization)
     report.raise_if_failed()
-    output_dir = Path(config.output_dir)
     resume_from = None
     if config.resume:
         resume_from = _last_checkpoint(output_dir)
@@ -337,6 +145,7 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
         packing=False,
         dataloader_num_workers=0,
         disable_tqdm=False,
+        include_num_input_tokens_seen="non_padding",
     )
     train_dataset = Dataset.from_list(prepared.train.rows)
     eval_dataset = Dataset.from_list(prepared.eval.rows) if prepared.eval else None
@@ -365,11 +174,23 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
     return Setup(trainer, prepared, tokenizer, report.device, resume_from)
 
 
+def _final_eval_loss(trainer: Any) -> float:
+    """The eval loss of the trained adapter: the last evaluation if it ran at the final step, else a new one."""
+    state = trainer.state
+    if not trainer.args.load_best_model_at_end:
+        for entry in reversed(state.log_history):
+            if "eval_loss" in entry:
+                if entry.get("step") == state.global_step:
+                    return float(entry["eval_loss"])
+                break
+    return float(trainer.evaluate()["eval_loss"])
+
+
 def train(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train the adapter and write it, the tokenizer, the summary and the effective config."""
     import torch
 
-    started = _now()
+    started = now()
     ready = setup(config, agent, echo=echo, callbacks=callbacks)
     trainer, prepared, tokenizer, resume_from = ready.trainer, ready.prepared, ready.tokenizer, ready.resume_from
     output_dir = Path(config.output_dir)
@@ -383,23 +204,23 @@ def train(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
     clock = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     runtime = time.perf_counter() - clock
-    eval_after = trainer.evaluate()["eval_loss"] if has_eval else None
+    # Tokens this run processed (a resumed run counts from its checkpoint), padding excluded.
+    tokens_this_run = trainer.state.num_input_tokens_seen - trainer._initial_num_input_tokens_seen
+    eval_after = _final_eval_loss(trainer) if has_eval else None
 
-    output_dir.mkdir(parents=True, exist_ok=True)
     trainer.model.save_pretrained(str(output_dir), safe_serialization=True)
-    _record_base_model(output_dir, config.base_model)
+    record_base_model(output_dir, config.base_model)
     tokenizer.save_pretrained(str(output_dir))
-    tokens_seen = sum(prepared.train.lengths) * config.epochs if config.max_steps < 0 else None
     metrics = {
         "train_loss": float(result.training_loss),
         "eval_loss": eval_after,
         "eval_loss_before": eval_before,
         "runtime_s": round(runtime, 3),
-        "tokens_per_second": round(tokens_seen / runtime, 2) if tokens_seen and runtime > 0 else None,
+        "tokens_per_second": round(tokens_this_run / runtime, 2) if runtime > 0 else None,
         "peak_memory_bytes": _device_metrics(ready.device),
         "steps": int(result.global_step),
     }
-    summary = _summary(
+    summary = build_summary(
         config, dry_run=False, dataset=prepared.stats(), metrics=metrics, started=started, device=ready.device
     )
     write_json(output_dir / SUMMARY_FILE, summary)

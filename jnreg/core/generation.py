@@ -22,8 +22,10 @@ def generate_answer(
     """Generate an answer the way serving would; returns text, version and token counts."""
     import torch
 
+    from jnreg.core.models import quiet_library_warnings
     from jnreg.registry import load, resolve
 
+    quiet_library_warnings()
     spec = get_host().get(agent).spec
     resolution = resolve(agent, version, store_root=store_root, agent_map=agent_map)
     model, tokenizer = load(agent, resolution.version, quantization, store_root=store_root, agent_map=agent_map)

@@ -88,6 +88,22 @@ def quiet_bitsandbytes() -> None:
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
+def hub_token() -> str | None:
+    return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
+
+
+def quiet_library_warnings() -> None:
+    """Silence library warnings and logs that say nothing actionable to a jnreg user."""
+    import warnings
+
+    quiet_bitsandbytes()
+    # transformers 5 renames gradient_checkpointing to activation_checkpointing; TRL still uses the old names.
+    warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6.*", category=FutureWarning)
+    # bitsandbytes' CPU gemv_4bit kernel has no autograd registration; its input gradients were checked
+    # against the dequantized weights (tests/test_train.py), so the warning's "may be incorrect" does not apply.
+    warnings.filterwarnings("ignore", message=r"bitsandbytes::gemv_4bit: an autograd kernel", category=UserWarning)
+
+
 def compute_dtype(device: str) -> Any:
     """bf16 on a GPU that supports it, fp16 on an older GPU, fp32 on the CPU."""
     import torch

@@ -39,6 +39,7 @@ class Host:
         self._agents: dict[str, Agent] | None = None
         self._packages: dict[str, str | None] = {}
         self._import_problems: list[str] = []
+        self._contested: dict[str, list[str]] = {}
         self.problems: list[str] = []
         if autoload is None:
             autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "") not in ("1", "true", "yes")
@@ -96,6 +97,7 @@ class Host:
     def _collect(self) -> dict[str, Agent]:
         agents: dict[str, Agent] = {}
         self.problems = list(self._import_problems)
+        self._contested: dict[str, list[str]] = {}
         for impl in self.pm.hook.jnreg_register_agents.get_hookimpls():
             plugin_name = impl.plugin_name
             pending: list[AgentSpec] = []
@@ -111,16 +113,25 @@ class Host:
                 self.problems.append(f"plugin {plugin_name!r} failed: {exc}")
                 continue
             for spec in pending:
-                other = agents.get(spec.name)
-                if other is not None:
-                    raise PluginError(
-                        f"agent {spec.name!r} is registered by two plugins: {other.plugin!r} and {plugin_name!r}"
-                    )
-                agents[spec.name] = Agent(spec=spec, plugin=plugin_name, package=self._packages.get(plugin_name))
+                if spec.name in self._contested:
+                    self._contested[spec.name].append(plugin_name)
+                elif spec.name in agents:
+                    self._contested[spec.name] = [agents.pop(spec.name).plugin, plugin_name]
+                else:
+                    agents[spec.name] = Agent(spec=spec, plugin=plugin_name, package=self._packages.get(plugin_name))
+        for name, plugins in self._contested.items():
+            # Neither claim wins; every other agent keeps working.
+            self.problems.append(self._clash(name, plugins))
         return dict(sorted(agents.items()))
+
+    @staticmethod
+    def _clash(name: str, plugins: list[str]) -> str:
+        return f"agent {name!r} is registered by two plugins: " + " and ".join(repr(p) for p in plugins)
 
     def get(self, name: str) -> Agent:
         agents = self.agents()
+        if name in self._contested:
+            raise PluginError(self._clash(name, self._contested[name]))
         if name not in agents:
             known = ", ".join(agents) or "none"
             hint = f"; plugin problems: {'; '.join(self.problems)}" if self.problems else ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +60,6 @@ class Hyperparameters:
             f"max_seq_length must be a whole number >= 16, got {self.max_seq_length!r}",
         )
 
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
 
 @dataclass(frozen=True)
 class PromptTemplate:
@@ -106,11 +102,6 @@ class DataOptions:
     prompt_field: str = "prompt"
     response_field: str = "response"
 
-    @property
-    def is_default(self) -> bool:
-        """True when the user named no data, so the plugin's own samples are used."""
-        return not self.train_files and self.dataset_name is None
-
 
 @dataclass(frozen=True)
 class Record:
@@ -120,10 +111,11 @@ class Record:
     source: str
     line: int
     problem: str | None = None
+    unit: str = ""  # "" for a line number, "row " for a position in a list or dataset
 
     @property
     def where(self) -> str:
-        return f"{self.source}:{self.line}"
+        return f"{self.source}:{self.unit}{self.line}"
 
 
 DatasetLoader = Callable[[DataOptions], Iterable["Record | Mapping[str, Any]"]]

@@ -30,19 +30,20 @@ ARCHITECTURE = {
     "tie_word_embeddings": False,
 }
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]"]
-# Mistral-Instruct's layout: the system prompt opens the first user turn, the assistant turn
-# ends with EOS, and the generation prompt ends right after [/INST].
+# Mistral-Instruct v0.3's layout: the system prompt opens the final user turn only (so a chat
+# that ends with the answer drops it, as the real template does), the assistant turn is
+# " answer</s>", and the generation prompt ends right after [/INST].
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% set ns = namespace(system='') %}"
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}{% set ns.system = message['content'] %}"
     "{% elif message['role'] == 'user' %}[INST] "
-    "{% if ns.system %}{{ ns.system }}\n\n{% set ns.system = '' %}{% endif %}"
+    "{% if loop.last and ns.system %}{{ ns.system }}\n\n{% endif %}"
     "{{ message['content'] }}[/INST]"
-    "{% elif message['role'] == 'assistant' %} {{ message['content'] }}{{ eos_token }}"
+    "{% elif message['role'] == 'assistant' %} {{ message['content'] | trim }}{{ eos_token }}"
     "{% endif %}{% endfor %}"
 )
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 
 def _corpus() -> list[str]:

@@ -9,8 +9,6 @@ from jnreg.core.errors import IntegrityError
 from jnreg.registry.agent_map import entry_for, hf_id_of
 from jnreg.registry.store import ModelStore, Resolution
 
-QUANTIZATIONS = ("nf4", "8bit", None)
-
 
 def resolve(
     agent: str,
@@ -27,7 +25,7 @@ def _check_base_model(store: ModelStore, resolution: Resolution) -> None:
     """The map must name the base model the adapter was trained on; a mismatch would load silently wrong."""
     document = store.read_map()
     entry = entry_for(document, resolution.agent, resolution.adapter_name)
-    if entry is None:
+    if entry is None or "base_ref" not in entry:
         return
     named = hf_id_of(document, entry["base_ref"])
     if named is None:
@@ -51,10 +49,6 @@ def load(
     device_map: Any = None,
 ) -> tuple[Any, Any]:
     """(PeftModel, tokenizer) for ``agent``, after checking every file's checksum and the base model."""
-    if quantization == "none":
-        quantization = None
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization must be one of nf4, 8bit or None, not {quantization!r}")
     store = ModelStore(store_root, agent_map)
     resolution = store.resolve(agent, version)
     problems = store.check_files(resolution.agent, resolution.version)

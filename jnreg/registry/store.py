@@ -373,8 +373,8 @@ class ModelStore:
             return
         entries = agent_map.entries(document, agent)
         for entry in entries:
-            name = f"{agent}/{entry['adapter_name']}"
-            head, _, label = entry["adapter_model_store_path"].partition(f"{agent}/{VERSIONS}/")
+            name = f"{agent}/{entry.get('adapter_name')}"
+            head, _, label = str(entry.get("adapter_model_store_path", "")).partition(f"{agent}/{VERSIONS}/")
             if head or not is_label(label):
                 continue  # an entry jnreg did not write
             if not self._is_visible(agent, label):
@@ -382,7 +382,7 @@ class ModelStore:
             elif "digest" in entry and entry["digest"] != self._digest_or_none(agent, label):
                 report.problems.append(f"agent map entry {name} has the wrong digest for {label}")
         if current is not None and not pending:
-            first = entries[0]["adapter_model_store_path"] if entries else None
+            first = entries[0].get("adapter_model_store_path") if entries else None
             if first != agent_map.store_path(agent, current):
                 report.problems.append(
                     f"agent map {self.map_path} does not serve {agent}'s current version {current} first"
@@ -541,6 +541,24 @@ class ModelStore:
             label = f"{base}-{n}"
         return label
 
+    def check_can_publish(
+        self, agent: str, *, adapter_name: str | None = None, version: str | None = None, create: bool = True
+    ) -> None:
+        """Everything a publish checks before it has the adapter: names, the map, the version, a writable root.
+
+        The trainer calls it before training, so a run that cannot be published fails in seconds, not hours.
+        """
+        check_agent(agent)
+        if version is not None:
+            check_version(version)
+        if adapter_name is not None:
+            check_adapter_name(adapter_name)
+        self.read_map()  # a map jnreg cannot read stops the publish before anything is written
+        if version is not None and os.path.lexists(self.agent_dir(agent) / VERSIONS / version):
+            raise StoreConflict(f"agent {agent!r} already has a version {version!r}; versions are never replaced")
+        if create:
+            self._prepare(agent)  # proves the root is writable
+
     def publish(
         self,
         agent: str,
@@ -551,12 +569,7 @@ class ModelStore:
         promote: bool = True,
     ) -> PublishResult:
         """Store the loadable files of the adapter in ``source_dir`` as a new immutable version of ``agent``."""
-        agent = check_agent(agent)
-        if version is not None:
-            check_version(version)
-        if adapter_name is not None:
-            check_adapter_name(adapter_name)
-        self.read_map()  # a map jnreg cannot read stops the publish before anything is written
+        self.check_can_publish(agent, adapter_name=adapter_name, version=version, create=False)
         source = inspect_source(Path(source_dir))
         summary = source.summary
         if summary is not None and summary.get("agent", agent) != agent:
@@ -569,8 +582,6 @@ class ModelStore:
             raise StoreError(
                 f"{source_dir} names no base model (training_summary.base_model or base_model_name_or_path)"
             )
-        if version is not None and os.path.lexists(self.agent_dir(agent) / VERSIONS / version):
-            raise StoreConflict(f"agent {agent!r} already has a version {version!r}; versions are never replaced")
         agent_dir = self._prepare(agent)
         staging = agent_dir / owned_name("staging")
         try:
@@ -732,7 +743,7 @@ class ModelStore:
         """Versions gc never removes: the one in service, the rollback target, and any the map points at."""
         protected = {self.current(agent), journal.rollback_target(journal.read_entries(self.journal_path), agent)}
         for entry in agent_map.entries(self.read_map(), agent):
-            head, _, label = entry["adapter_model_store_path"].partition(f"{agent}/{VERSIONS}/")
+            head, _, label = str(entry.get("adapter_model_store_path", "")).partition(f"{agent}/{VERSIONS}/")
             if not head:
                 protected.add(label)
         return {v for v in protected if v}

@@ -1,0 +1,49 @@
+"""``jnreg generate``: try a stored adapter the way serving would use it."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from jnreg.core.cli_base import echo_json, settings
+
+
+@click.command()
+@click.argument("agent")
+@click.argument("prompt")
+@click.option("--version", help="Adapter version [the one in service].")
+@click.option("--max-new-tokens", type=int, help="[the agent's serving setting]")
+@click.option("--temperature", type=float, help="[the agent's serving setting]")
+@click.option("--quantization", type=click.Choice(["nf4", "8bit", "none"]), default="nf4", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def generate(
+    ctx: click.Context,
+    agent: str,
+    prompt: str,
+    version: str | None,
+    max_new_tokens: int | None,
+    temperature: float | None,
+    quantization: str,
+    as_json: bool,
+) -> None:
+    """Answer PROMPT with AGENT's stored adapter, through the agent's serving template."""
+    from jnreg.core.generation import generate_answer
+
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    result = generate_answer(
+        agent,
+        prompt,
+        version=version,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        quantization=None if quantization == "none" else quantization,
+        store_root=settings(ctx).store_root,
+        agent_map=settings(ctx).agent_map,
+    )
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(result["text"])
