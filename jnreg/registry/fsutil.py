@@ -98,22 +98,25 @@ def copy_new_file(source: Path, target: Path) -> tuple[int, str]:
             while chunk := handle.read(CHUNK):
                 digest.update(chunk)
                 size += len(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, chunk)
         os.fsync(fd)
     finally:
         os.close(fd)
     return size, digest.hexdigest()
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data``: os.write may write less than it was given."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def write_new_file(target: Path, data: bytes) -> tuple[int, str]:
     """Write ``data`` to a ``target`` that must not exist yet, fsync it; return (size, sha256)."""
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)

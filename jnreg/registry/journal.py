@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from jnreg.core.errors import IntegrityError, StoreError
-from jnreg.registry.fsutil import fsync_dir
+from jnreg.registry.fsutil import fsync_dir, write_all
 from jnreg.schemas import validate
 
 JOURNAL_FILE = "journal.jsonl"
@@ -107,9 +107,7 @@ def append(path: Path, entry: dict[str, Any]) -> None:
     created = not path.exists()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        view = memoryview(line)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, line)
         os.fsync(fd)
     finally:
         os.close(fd)
