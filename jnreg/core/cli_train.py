@@ -152,9 +152,17 @@ def _echo(as_json: bool):
 
 
 def _print_config(config: Any, echo: Any) -> None:
+    import textwrap
+
     document = config.to_document()
+    settings_text = ", ".join(
+        f"{key}={','.join(value) if isinstance(value, list) else value}"
+        for key, value in sorted(document.items())
+        if value not in (None, [], ()) and key != "schema_version"
+    )
     echo(f"training {config.agent} adapter {config.adapter_name!r} on {config.base_model}")
-    echo("effective config: " + ", ".join(f"{k}={v}" for k, v in sorted(document.items()) if v not in (None, [], ())))
+    echo(f"effective config (saved as {Path(config.output_dir) / 'jnreg_config.json'}):")
+    echo(textwrap.fill(settings_text, width=100, initial_indent="  ", subsequent_indent="  "))
 
 
 def _store_for(ctx: click.Context, config: Any, echo: Any) -> Any:
