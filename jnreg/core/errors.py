@@ -45,7 +45,3 @@ class StoreConflict(StoreError):
 
 class IntegrityError(StoreError):
     """Stored files or documents do not match their checksums or schema."""
-
-
-class JnregWarning(UserWarning):
-    """Something the user should know that does not stop the run."""
