@@ -102,6 +102,10 @@ def quiet_library_warnings() -> None:
     # bitsandbytes' CPU gemv_4bit kernel has no autograd registration; its input gradients were checked
     # against the dequantized weights (tests/test_train.py), so the warning's "may be incorrect" does not apply.
     warnings.filterwarnings("ignore", message=r"bitsandbytes::gemv_4bit: an autograd kernel", category=UserWarning)
+    # Per-file "Loading weights" bars for a model of a few files; the training bar is separate and stays.
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
 
 
 def compute_dtype(device: str) -> Any:
