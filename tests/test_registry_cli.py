@@ -58,7 +58,7 @@ def test_store_commands_end_to_end(root: Path, tmp_path: Path) -> None:
     assert trial["promoted"] is False and trial["version"].startswith("v")
 
     listing = json.loads(jnreg(root, "list", "--json").stdout)
-    assert listing["agents"] == [{"agent": "journalist", "current": "v2", "versions": 3}]
+    assert listing["agents"] == [{"agent": "journalist", "current": "v2", "versions": 3, "problem": None}]
     versions = json.loads(jnreg(root, "list", "journalist", "--json").stdout)
     assert [v["version"] for v in versions["versions"]] == ["v1", "v2", trial["version"]]
     assert [v["current"] for v in versions["versions"]] == [False, True, False]

@@ -91,15 +91,20 @@ def list_(ctx: click.Context, agent: str | None, as_json: bool) -> None:
     if agent is None:
         rows = []
         for name in model_store.agents():
-            labels = model_store.version_labels(name)
-            rows.append({"agent": name, "current": model_store.current(name), "versions": len(labels)})
+            row: dict[str, Any] = {"agent": name, "current": None, "versions": 0, "problem": None}
+            try:
+                row.update(current=model_store.current(name), versions=len(model_store.version_labels(name)))
+            except IntegrityError as exc:
+                row["problem"] = str(exc)  # one damaged agent must not hide the others
+            rows.append(row)
         if as_json:
             echo_json({"root": str(model_store.root), "agents": rows})
             return
         if not rows:
             click.echo(f"no agents in the store at {model_store.root}", err=True)
         for row in rows:
-            click.echo(f"{row['agent']}  {row['versions']} version(s)  current: {row['current'] or '-'}")
+            state = f"problem: {row['problem']}" if row["problem"] else f"current: {row['current'] or '-'}"
+            click.echo(f"{row['agent']}  {row['versions']} version(s)  {state}")
         return
     model_store.require_agent(agent)
     current = model_store.current(agent)
@@ -209,6 +214,22 @@ def verify(ctx: click.Context, agent: str | None, version: str | None, as_json: 
         raise IntegrityError(f"verify found {len(report.problems)} problem(s): {report.problems[0]}")
     if not as_json:
         click.echo(f"ok: {len(report.checked)} version(s) intact")
+
+
+@store.command("recover")
+@click.argument("agent")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def recover(ctx: click.Context, agent: str, as_json: bool) -> None:
+    """Finish or undo what a crashed publish, promote, rollback or gc left of AGENT, and clean its leftovers."""
+    store = _store(ctx)
+    pending = store.recover(agent)
+    if as_json:
+        echo_json({"agent": agent, "recovered": pending, "current": store.current(agent)})
+    elif pending:
+        click.echo(f"{agent}: finished the interrupted write; {store.current(agent) or 'nothing'} is in service")
+    else:
+        click.echo(f"{agent}: nothing to recover")
 
 
 @store.command("gc")

@@ -116,8 +116,10 @@ def _inspect(source: Path) -> AdapterSource:
         path = source / name
         if not os.path.lexists(path):
             continue
-        if path.is_symlink() and not path.resolve().is_relative_to(real_root):
-            raise StoreError(f"{path} is a symlink pointing outside {source}; refusing to publish it")
+        if path.is_symlink():
+            if not path.resolve().is_relative_to(real_root):
+                raise StoreError(f"{path} is a symlink pointing outside {source}; refusing to publish it")
+            path = path.resolve()  # copied from its target, which the copy opens without following links
         if not path.is_file():
             raise StoreError(f"{path} is not a regular file")
         files[name] = path

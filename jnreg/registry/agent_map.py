@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from jnreg.core.errors import IntegrityError, StoreError
-from jnreg.registry.fsutil import atomic_write, dump_json
+from jnreg.registry.fsutil import atomic_write
 from jnreg.registry.names import KNOWN_BASE_REFS, base_ref_slug
 from jnreg.schemas import validate
 
@@ -54,7 +54,9 @@ def write_map(path: Path, document: dict[str, Any], *, before_replace: Callable[
     """Validate ``document`` and replace the map with it atomically."""
     validate("agent_model_map", document, f"the agent map jnreg was about to write to {path}")
     try:
-        atomic_write(path, dump_json(document).encode("utf-8"), before_replace=before_replace)
+        # Key order as found: the map is also edited by hand, and a rewrite should show only what changed.
+        text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+        atomic_write(path, text.encode("utf-8"), before_replace=before_replace)
     except OSError as exc:
         raise StoreError(f"cannot write agent map {path}: {exc.strerror or exc}") from None
 

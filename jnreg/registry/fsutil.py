@@ -92,16 +92,17 @@ def copy_new_file(source: Path, target: Path) -> tuple[int, str]:
     """Copy ``source`` to a ``target`` that must not exist yet, fsync it; return (size, sha256)."""
     digest = hashlib.sha256()
     size = 0
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        with open(source, "rb") as handle:
+    # O_NOFOLLOW: a source file swapped for a symlink after it was checked is refused, not copied.
+    with os.fdopen(os.open(source, os.O_RDONLY | os.O_NOFOLLOW), "rb") as handle:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
             while chunk := handle.read(CHUNK):
                 digest.update(chunk)
                 size += len(chunk)
                 write_all(fd, chunk)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     return size, digest.hexdigest()
 
 

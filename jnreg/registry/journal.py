@@ -13,7 +13,7 @@ from typing import Any
 
 from jnreg.core.errors import IntegrityError, StoreError
 from jnreg.registry.fsutil import fsync_dir, write_all
-from jnreg.schemas import validate
+from jnreg.schemas import errors, validate
 
 JOURNAL_FILE = "journal.jsonl"
 ACTIONS = ("publish", "promote", "rollback", "gc")
@@ -61,7 +61,7 @@ def make_entry(
 
 
 def read_entries(path: Path) -> list[dict[str, Any]]:
-    """Every entry, validated; a last line without its newline is a write in progress (or torn) and is skipped."""
+    """Every entry, validated; a torn last line (a crash mid-append) is skipped."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -79,11 +79,25 @@ def read_entries(path: Path) -> list[dict[str, Any]]:
             raise IntegrityError(f"journal {path} line {number} is not valid JSON: {exc}") from None
         validate("journal_entry", entry, f"journal {path} line {number}")
         found.append(entry)
+    last = _complete_entry(lines[-1])
+    if last is not None:
+        found.append(last)  # whole and valid, only its newline missing
     return found
 
 
+def _complete_entry(line: bytes) -> dict[str, Any] | None:
+    """The entry on a line without its newline, if the line holds a whole valid entry."""
+    if not line.strip():
+        return None
+    try:
+        entry = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return entry if not errors("journal_entry", entry) else None
+
+
 def repair_tail(path: Path) -> None:
-    """Cut a torn last line left by a crash mid-append (its action is redone from the pending intent)."""
+    """End the journal on a newline: finish a whole last entry, cut a torn one (its pending intent redoes it)."""
     try:
         with open(path, "rb+") as handle:
             size = handle.seek(0, os.SEEK_END)
@@ -93,8 +107,12 @@ def repair_tail(path: Path) -> None:
             if handle.read(1) == b"\n":
                 return
             handle.seek(0)
-            keep = handle.read().rfind(b"\n") + 1
-            handle.truncate(keep)
+            data = handle.read()
+            keep = data.rfind(b"\n") + 1
+            if _complete_entry(data[keep:]) is not None:
+                handle.write(b"\n")
+            else:
+                handle.truncate(keep)
             os.fsync(handle.fileno())
     except FileNotFoundError:
         return
@@ -121,6 +139,12 @@ def has_op(entries: list[dict[str, Any]], op: str) -> bool:
 
 def for_agent(entries: list[dict[str, Any]], agent: str) -> list[dict[str, Any]]:
     return [entry for entry in entries if entry["agent"] == agent]
+
+
+def in_service(entries: list[dict[str, Any]], agent: str) -> str | None:
+    """The version the journal last put in service for ``agent``."""
+    moves = [e for e in for_agent(entries, agent) if e["action"] in ("publish", "promote", "rollback")]
+    return moves[-1]["current"] if moves else None
 
 
 def rollback_target(entries: list[dict[str, Any]], agent: str) -> str | None:

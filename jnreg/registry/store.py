@@ -58,6 +58,7 @@ AGENT_LOCK = ".lock"
 JOURNAL_LOCK = ".journal.lock"
 PENDING = ".pending.json"
 MANIFEST = "manifest.json"
+REPAIR = " (`jnreg store promote AGENT VERSION` puts a sound version back in service)"
 
 # Fault injection for the crash tests: a publish, promote or gc SIGKILLs itself at the named point.
 CRASH_ENV = "JNREG_TEST_CRASH_AT"
@@ -165,7 +166,8 @@ class ModelStore:
         root = root or os.environ.get("MODEL_STORE_ROOT") or DEFAULT_ROOT
         self.root = Path(root).expanduser().absolute()
         map_path = agent_map or os.environ.get("AGENT_MODEL_MAP") or self.root / MAP_FILE
-        self.map_path = Path(map_path).expanduser().absolute()
+        # An orchestrator may keep its map elsewhere behind a symlink: update the file, not the link.
+        self.map_path = Path(os.path.realpath(Path(map_path).expanduser()))
         self.journal_path = self.root / journal.JOURNAL_FILE
         if lock_timeout is None:
             raw = os.environ.get("JNREG_LOCK_TIMEOUT", "")
@@ -181,7 +183,11 @@ class ModelStore:
     # Layout --------------------------------------------------------------------------------------
 
     def agent_dir(self, agent: str) -> Path:
-        return self.root / check_agent(agent)
+        path = self.root / check_agent(agent)
+        for part in (path, path / VERSIONS):
+            if part.is_symlink():
+                raise IntegrityError(f"{part} is a symlink; the store never follows links out of its root")
+        return path
 
     def version_dir(self, agent: str, version: str) -> Path:
         return self.agent_dir(agent) / VERSIONS / check_version(version)
@@ -222,7 +228,12 @@ class ModelStore:
 
     def versions(self, agent: str) -> list[dict[str, Any]]:
         """Manifests of every published version of ``agent``, oldest first."""
-        manifests = [self.manifest(agent, v) for v in self.version_labels(agent)]
+        manifests = []
+        for label in self.version_labels(agent):
+            try:
+                manifests.append(self.manifest(agent, label))
+            except StoreNotFound:
+                continue  # removed by a gc since it was listed
         return sorted(manifests, key=lambda m: (m["created_at"], m["version"]))
 
     def current(self, agent: str) -> str | None:
@@ -233,12 +244,14 @@ class ModelStore:
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError:
-            raise IntegrityError(f"{link} is not a symlink; it must be a symlink to versions/<version>") from None
+            raise IntegrityError(f"{link} is not a symlink to versions/<version>{REPAIR}") from None
         head, _, label = target.partition("/")
         if head != VERSIONS or not is_label(label):
-            raise IntegrityError(f"{link} points at {target!r}, outside {agent}/versions; refusing to follow it")
+            raise IntegrityError(
+                f"{link} points at {target!r}, outside {agent}/versions; refusing to follow it{REPAIR}"
+            )
         if not self._is_visible(agent, label):
-            raise IntegrityError(f"{link} points at version {label!r}, which is missing or has no manifest")
+            raise IntegrityError(f"{link} points at version {label!r}, which is missing or has no manifest{REPAIR}")
         return label
 
     def manifest(self, agent: str, version: str) -> dict[str, Any]:
@@ -337,39 +350,64 @@ class ModelStore:
         else:
             names = [self.require_agent(agent)]
         try:
-            document = self.read_map()
+            self.read_map()
         except IntegrityError as exc:
             report.problems.append(str(exc))
-            document = None
         try:
             journal.read_entries(self.journal_path)
         except StoreError as exc:
             report.problems.append(str(exc))
         for name in names:
-            self._verify_agent(name, version, document, report)
+            self._verify_agent(name, version, report)
         return report
 
-    def _verify_agent(self, agent: str, version: str | None, document: Any, report: VerifyReport) -> None:
+    def _verify_agent(self, agent: str, version: str | None, report: VerifyReport) -> None:
         labels = [check_version(version)] if version is not None else self._version_dirs(agent)
         for label in labels:
             path = self.version_dir(agent, label)
             if path.is_symlink():
                 report.problems.append(f"{agent} {label}: {path} is a symlink; versions must be real directories")
                 continue
-            if path.is_dir() and not os.listdir(path):
-                report.notes.append(f"{agent} {label}: empty directory left by an interrupted publish (ignored)")
-                continue
-            report.problems.extend(self.check_files(agent, label))
+            try:
+                if path.is_dir() and not os.listdir(path):
+                    report.notes.append(f"{agent} {label}: empty directory left by an interrupted publish (ignored)")
+                    continue
+                problems = self.check_files(agent, label)
+            except (StoreNotFound, FileNotFoundError):
+                if version is None and not os.path.lexists(path):
+                    continue  # removed by a gc while we looked
+                raise
+            report.problems.extend(problems)
             report.checked.append(f"{agent} {label}")
-        try:
-            current = self.current(agent)
-        except IntegrityError as exc:
-            report.problems.append(str(exc))
-            return
-        pending = (self.agent_dir(agent) / PENDING).exists()
-        if pending:
-            report.notes.append(f"{agent}: an interrupted write is pending; the next store write finishes or undoes it")
-        if version is not None:
+        if version is None:
+            self._verify_service(agent, report)
+
+    def _verify_service(self, agent: str, report: VerifyReport) -> None:
+        """`current`, the map and the pending record agree (read consistently while writers run)."""
+        pending_path = self.agent_dir(agent) / PENDING
+        for _attempt in range(5):
+            before = pending_path.exists()
+            try:
+                current = self.current(agent)
+            except IntegrityError as exc:
+                report.problems.append(str(exc))
+                return
+            try:
+                document = self.read_map()
+            except IntegrityError:
+                return  # reported once by verify
+            if before == pending_path.exists() and current == self.current(agent):
+                break  # no write started or finished while we read
+        if before:
+            if self._writer_is_active(agent):
+                report.notes.append(f"{agent}: a write is in progress")
+            else:
+                # Nothing is lost or half-written (versions are whole, `current` and the map each point
+                # at a whole version), but until recovery they may name different versions.
+                report.notes.append(
+                    f"{agent}: a crashed write is pending, so `current` and the agent map may name different "
+                    f"versions until `jnreg store recover {agent}` (or any store write) finishes or undoes it"
+                )
             return
         entries = agent_map.entries(document, agent)
         for entry in entries:
@@ -381,12 +419,33 @@ class ModelStore:
                 report.problems.append(f"agent map entry {name} points at missing version {label}")
             elif "digest" in entry and entry["digest"] != self._digest_or_none(agent, label):
                 report.problems.append(f"agent map entry {name} has the wrong digest for {label}")
-        if current is not None and not pending:
+        if current is not None:
             first = entries[0].get("adapter_model_store_path") if entries else None
             if first != agent_map.store_path(agent, current):
                 report.problems.append(
                     f"agent map {self.map_path} does not serve {agent}'s current version {current} first"
                 )
+
+    def _writer_is_active(self, agent: str) -> bool:
+        """True when another process holds the agent's write lock (so a pending record is not a crash's)."""
+        lock_path = self.agent_dir(agent) / AGENT_LOCK
+        if not lock_path.exists():
+            return False
+        lock = FileLock(lock_path, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            return True
+        lock.release()
+        return False
+
+    def recover(self, agent: str) -> bool:
+        """Finish or undo what a crashed writer left of ``agent``; True when there was something to do."""
+        agent = self.require_agent(agent)
+        pending = (self.agent_dir(agent) / PENDING).exists()
+        with self._writing(agent):
+            pass  # taking the write locks runs the recovery
+        return pending
 
     def _digest_or_none(self, agent: str, version: str) -> str | None:
         try:
@@ -532,14 +591,29 @@ class ModelStore:
         refuse_secrets(json.dumps(entry), "journal entry")
         journal.append(self.journal_path, entry)
 
+    def _used_labels(self, agent: str) -> set[str]:
+        """Every label this agent has had: present, or published once and since removed by gc."""
+        journaled = journal.for_agent(journal.read_entries(self.journal_path), agent)
+        return set(self._version_dirs(agent)) | {e["version"] for e in journaled if e["action"] == "publish"}
+
     def _free_label(self, agent: str) -> str:
         """vYYYYMMDD-HHMM (UTC), with -2, -3, ... when that minute is taken (held: agent lock)."""
         base = datetime.now(timezone.utc).strftime("v%Y%m%d-%H%M")
+        used = self._used_labels(agent)
         label, n = base, 1
-        while os.path.lexists(self.agent_dir(agent) / VERSIONS / label):
+        while label in used or os.path.lexists(self.agent_dir(agent) / VERSIONS / label):
             n += 1
             label = f"{base}-{n}"
         return label
+
+    def _refuse_used_label(self, agent: str, version: str) -> None:
+        if os.path.lexists(self.agent_dir(agent) / VERSIONS / version):
+            raise StoreConflict(f"agent {agent!r} already has a version {version!r}; versions are never replaced")
+        if version in self._used_labels(agent):
+            # A rollback or an orchestrator pinned to this label must never get other weights.
+            raise StoreConflict(
+                f"agent {agent!r} had a version {version!r} before (removed by gc); labels are never reused"
+            )
 
     def check_can_publish(
         self, agent: str, *, adapter_name: str | None = None, version: str | None = None, create: bool = True
@@ -554,8 +628,8 @@ class ModelStore:
         if adapter_name is not None:
             check_adapter_name(adapter_name)
         self.read_map()  # a map jnreg cannot read stops the publish before anything is written
-        if version is not None and os.path.lexists(self.agent_dir(agent) / VERSIONS / version):
-            raise StoreConflict(f"agent {agent!r} already has a version {version!r}; versions are never replaced")
+        if version is not None:
+            self._refuse_used_label(agent, version)
         if create:
             self._prepare(agent)  # proves the root is writable
 
@@ -587,6 +661,9 @@ class ModelStore:
         try:
             os.mkdir(staging)
             copied = {name: copy_new_file(path, staging / name) for name, path in source.files.items()}
+            for name in copied:
+                if not name.endswith(".safetensors"):
+                    refuse_secrets((staging / name).read_bytes(), name)  # what was copied, not what was checked
             fsync_dir(staging)
             crash_point("staged")
             with self._writing(agent):
@@ -621,8 +698,8 @@ class ModelStore:
     ) -> PublishResult:
         """Name, seal and rename a staged version into place, then put it in service (held: all locks)."""
         versions_dir = self.agent_dir(agent) / VERSIONS
-        if version is not None and os.path.lexists(versions_dir / version):
-            raise StoreConflict(f"agent {agent!r} already has a version {version!r}; versions are never replaced")
+        if version is not None:
+            self._refuse_used_label(agent, version)
         label = version or self._free_label(agent)
         previous = self.current(agent)
         config, summary = source.config, source.summary
@@ -719,7 +796,10 @@ class ModelStore:
         agent, version = self.require_agent(agent), check_version(version)
         with self._writing(agent):
             self.manifest(agent, version)
-            previous = self.current(agent)
+            try:
+                previous = self.current(agent)
+            except IntegrityError:
+                previous = None  # a broken `current` is exactly what promote repairs
             if previous == version:
                 self._point_map_at(agent, self.manifest(agent, version))
                 return None
@@ -732,7 +812,15 @@ class ModelStore:
             current = self.current(agent)
             if current is None:
                 raise StoreNotFound(f"agent {agent!r} has no version in service to roll back from")
-            target = journal.rollback_target(journal.read_entries(self.journal_path), agent)
+            entries = journal.read_entries(self.journal_path)
+            recorded = journal.in_service(entries, agent)
+            if recorded != current:
+                # The undo stack is only right if the journal saw every change of `current`.
+                raise IntegrityError(
+                    f"the journal says {recorded!r} is in service for {agent!r} but current is {current!r}; "
+                    "refusing to guess what to roll back to (promote the version you want instead)"
+                )
+            target = journal.rollback_target(entries, agent)
             if target is None:
                 raise StoreNotFound(f"nothing to roll back to: the journal has no earlier version of {agent!r}")
             if not self._is_visible(agent, target):
