@@ -398,6 +398,9 @@ class ModelStore:
                 return  # reported once by verify
             if before == pending_path.exists() and current == self.current(agent):
                 break  # no write started or finished while we read
+        else:
+            report.notes.append(f"{agent}: writes kept changing `current` while it was checked; not compared")
+            return
         if before:
             if self._writer_is_active(agent):
                 report.notes.append(f"{agent}: a write is in progress")
