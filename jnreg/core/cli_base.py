@@ -40,3 +40,14 @@ def echo_json(value: Any) -> None:
 
 def settings(ctx: click.Context) -> Settings:
     return ctx.find_root().obj
+
+
+def open_store(ctx: click.Context, root: Path | str | None = None) -> Any:
+    """The ModelStore at ``root``, else the global --store-root, else ./model_store (said on stderr)."""
+    from jnreg.registry.store import DEFAULT_ROOT, ModelStore
+
+    shared = settings(ctx)
+    root = root or shared.store_root
+    if root is None:
+        click.echo(f"note: no --store-root or MODEL_STORE_ROOT; using ./{DEFAULT_ROOT}", err=True)
+    return ModelStore(root, shared.agent_map)

@@ -7,17 +7,8 @@ from typing import Any
 
 import click
 
-from jnreg.core.cli_base import echo_json, settings
+from jnreg.core.cli_base import echo_json, open_store
 from jnreg.core.errors import IntegrityError, StoreError
-
-
-def _store(ctx: click.Context) -> Any:
-    from jnreg.registry.store import DEFAULT_ROOT, ModelStore
-
-    shared = settings(ctx)
-    if shared.store_root is None:
-        click.echo(f"note: no --store-root or MODEL_STORE_ROOT; using ./{DEFAULT_ROOT}", err=True)
-    return ModelStore(shared.store_root, shared.agent_map)
 
 
 def _version_row(manifest: dict[str, Any], current: str | None) -> dict[str, Any]:
@@ -65,7 +56,9 @@ def publish(
     as_json: bool,
 ) -> None:
     """Store the adapter in DIRECTORY as a new version of AGENT and (unless --no-promote) put it in service."""
-    result = _store(ctx).publish(agent, directory, adapter_name=adapter_name, version=version, promote=not no_promote)
+    result = open_store(ctx).publish(
+        agent, directory, adapter_name=adapter_name, version=version, promote=not no_promote
+    )
     if as_json:
         echo_json(
             {
@@ -87,7 +80,7 @@ def publish(
 @click.pass_context
 def list_(ctx: click.Context, agent: str | None, as_json: bool) -> None:
     """List agents in the store, or AGENT's versions (oldest first; * marks the one in service)."""
-    model_store = _store(ctx)
+    model_store = open_store(ctx)
     if agent is None:
         rows = []
         for name in model_store.agents():
@@ -124,7 +117,7 @@ def list_(ctx: click.Context, agent: str | None, as_json: bool) -> None:
 @click.pass_context
 def show(ctx: click.Context, agent: str, version: str | None, as_json: bool) -> None:
     """Show the manifest of AGENT's VERSION [default: the one in service]."""
-    resolution = _store(ctx).resolve(agent, version)
+    resolution = open_store(ctx).resolve(agent, version)
     manifest = resolution.manifest
     if as_json:
         echo_json({"path": str(resolution.adapter_path), "manifest": manifest})
@@ -147,7 +140,7 @@ def show(ctx: click.Context, agent: str, version: str | None, as_json: bool) -> 
 @click.pass_context
 def resolve(ctx: click.Context, agent: str, version: str | None, as_json: bool) -> None:
     """Print AGENT's base model, version, absolute adapter path and digest."""
-    found = _store(ctx).resolve(agent, version)
+    found = open_store(ctx).resolve(agent, version)
     row = {
         "agent": found.agent,
         "version": found.version,
@@ -171,7 +164,7 @@ def resolve(ctx: click.Context, agent: str, version: str | None, as_json: bool) 
 @click.pass_context
 def promote(ctx: click.Context, agent: str, version: str, as_json: bool) -> None:
     """Put AGENT's VERSION in service (checksums are checked first)."""
-    entry = _store(ctx).promote(agent, version)
+    entry = open_store(ctx).promote(agent, version)
     if as_json:
         echo_json({"agent": agent, "current": version, "previous": entry["previous"] if entry else version})
     elif entry is None:
@@ -186,7 +179,7 @@ def promote(ctx: click.Context, agent: str, version: str, as_json: bool) -> None
 @click.pass_context
 def rollback(ctx: click.Context, agent: str, as_json: bool) -> None:
     """Put back the version AGENT served before the current one."""
-    entry = _store(ctx).rollback(agent)
+    entry = open_store(ctx).rollback(agent)
     if as_json:
         echo_json({"agent": agent, "current": entry["version"], "previous": entry["previous"]})
     else:
@@ -200,7 +193,7 @@ def rollback(ctx: click.Context, agent: str, as_json: bool) -> None:
 @click.pass_context
 def verify(ctx: click.Context, agent: str | None, version: str | None, as_json: bool) -> None:
     """Recompute every checksum; name each bad file and exit non-zero when anything is wrong."""
-    report = _store(ctx).verify(agent, version)
+    report = open_store(ctx).verify(agent, version)
     if as_json:
         echo_json({"ok": report.ok, "checked": report.checked, "problems": report.problems, "notes": report.notes})
     else:
@@ -222,7 +215,7 @@ def verify(ctx: click.Context, agent: str | None, version: str | None, as_json: 
 @click.pass_context
 def recover(ctx: click.Context, agent: str, as_json: bool) -> None:
     """Finish or undo what a crashed publish, promote, rollback or gc left of AGENT, and clean its leftovers."""
-    store = _store(ctx)
+    store = open_store(ctx)
     pending = store.recover(agent)
     if as_json:
         echo_json({"agent": agent, "recovered": pending, "current": store.current(agent)})
@@ -240,7 +233,7 @@ def recover(ctx: click.Context, agent: str, as_json: bool) -> None:
 @click.pass_context
 def gc(ctx: click.Context, agent: str, keep: int, dry_run: bool, as_json: bool) -> None:
     """Remove AGENT's older versions; the one in service and the rollback target always stay."""
-    result = _store(ctx).gc(agent, keep, dry_run=dry_run)
+    result = open_store(ctx).gc(agent, keep, dry_run=dry_run)
     if as_json:
         echo_json({"agent": agent, "removed": result.removed, "kept": result.kept, "dry_run": result.dry_run})
         return
@@ -256,7 +249,7 @@ def gc(ctx: click.Context, agent: str, keep: int, dry_run: bool, as_json: bool) 
 @click.pass_context
 def history(ctx: click.Context, agent: str, as_json: bool) -> None:
     """Show AGENT's journal: every publish, promote, rollback and gc removal."""
-    entries = _store(ctx).history(agent)
+    entries = open_store(ctx).history(agent)
     if as_json:
         echo_json({"agent": agent, "entries": entries})
         return

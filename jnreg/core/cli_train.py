@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from jnreg.core.cli_base import echo_json, settings
+from jnreg.core.cli_base import echo_json, open_store
 from jnreg.core.errors import ConfigError
 
 # Options that take several values after one flag, as the guide writes them
@@ -125,8 +125,7 @@ def train(
         raise ConfigError("which agent? give AGENT, --agent, or an agent in --config")
     agent = get_host().get(agent_name)
     flags = {k: (v or None) if isinstance(v, tuple) else v for k, v in flags.items()}
-    store_root = train_store_root or settings(ctx).store_root
-    flags["store_root"] = str(store_root) if store_root else None
+    flags["store_root"] = str(train_store_root) if train_store_root else None
     config = build_config(agent.spec, file_values, flags)
     echo = _echo(as_json)
     _print_config(config, echo)
@@ -138,7 +137,7 @@ def train(
     else:
         from jnreg.core import engine
 
-        store = _store_for(ctx, config, echo) if config.publish else None
+        store = _store_for(ctx, config) if config.publish else None
         summary = engine.train(config, agent, echo=echo)
         if store is not None:
             summary = _publish(store, config, echo) | {"training": summary}
@@ -154,6 +153,8 @@ def _echo(as_json: bool):
 def _print_config(config: Any, echo: Any) -> None:
     import textwrap
 
+    from jnreg.core.config import CONFIG_FILE
+
     document = config.to_document()
     settings_text = ", ".join(
         f"{key}={','.join(value) if isinstance(value, list) else value}"
@@ -161,18 +162,13 @@ def _print_config(config: Any, echo: Any) -> None:
         if value not in (None, [], ()) and key != "schema_version"
     )
     echo(f"training {config.agent} adapter {config.adapter_name!r} on {config.base_model}")
-    echo(f"effective config (saved as {Path(config.output_dir) / 'jnreg_config.json'}):")
+    echo(f"effective config (saved as {Path(config.output_dir) / CONFIG_FILE}):")
     echo(textwrap.fill(settings_text, width=100, initial_indent="  ", subsequent_indent="  "))
 
 
-def _store_for(ctx: click.Context, config: Any, echo: Any) -> Any:
+def _store_for(ctx: click.Context, config: Any) -> Any:
     """The store to publish into, checked before training so a run that cannot be published fails now."""
-    from jnreg.registry import ModelStore
-
-    root = Path(config.store_root) if config.store_root else None
-    if root is None:
-        echo("note: no --store-root or MODEL_STORE_ROOT; publishing to ./model_store")
-    store = ModelStore(root, settings(ctx).agent_map)
+    store = open_store(ctx, config.store_root)
     store.check_can_publish(config.agent, adapter_name=config.adapter_name, version=config.adapter_version)
     return store
 

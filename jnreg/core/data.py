@@ -16,9 +16,7 @@ from typing import Any
 from jnreg.core.errors import DataError
 from jnreg.core.spec import AgentSpec, DataOptions, PromptTemplate, Record
 
-BAD_ROW_POLICIES = ("fail", "skip")
 TEMPLATE_FIELDS = {"prompt", "response", "system"}
-OVERLONG_STRATEGIES = ("truncate", "drop")
 
 
 def expand_files(patterns: Iterable[str]) -> list[Path]:

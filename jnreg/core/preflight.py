@@ -9,34 +9,31 @@ from typing import Any
 
 from jnreg.core.errors import EnvironmentCheckError
 
-# Lowest versions jnreg is tested against; older ones lack CPU 4-bit or completion masks.
-REQUIRED = {
-    "torch": "2.4",
-    "transformers": "5.0",
-    "peft": "0.17",
-    "trl": "1.16",
-    "bitsandbytes": "0.49",
-    "datasets": "3.0",
-    "accelerate": "1.4",
-    "safetensors": "0.4",
-}
+# The libraries whose versions the checks compare with jnreg's own requirements in pyproject.toml.
+CHECKED = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "safetensors")
 RTX_3090_BYTES = 24 * 1024**3
 GiB = 1024**3
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
-    parts = []
-    for piece in version.split("+")[0].split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
+def _required() -> dict[str, Any]:
+    """The version specifiers jnreg declares for the checked libraries (empty when run from a source tree)."""
+    from packaging.requirements import Requirement
+
+    try:
+        declared = metadata.requires("jnreg") or []
+    except metadata.PackageNotFoundError:
+        return {}
+    found = {}
+    for line in declared:
+        requirement = Requirement(line)
+        if requirement.name in CHECKED and requirement.marker is None:
+            found[requirement.name] = requirement.specifier
+    return found
 
 
 def library_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in [*REQUIRED, "jnreg", "tokenizers"]:
+    for name in [*CHECKED, "jnreg", "tokenizers"]:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -74,12 +71,14 @@ def check_environment(quantization: str) -> Report:
     """Packages and versions, CUDA, and whether bitsandbytes can run the chosen quantization here."""
     report = Report()
     versions = library_versions()
-    for name, lowest in REQUIRED.items():
-        found = versions.get(name)
+    required = _required()
+    for name in CHECKED:
+        found, wanted = versions.get(name), required.get(name)
+        need = f" (need {wanted})" if wanted else ""
         if found is None:
-            report.fail(f"{name} is not installed (need >= {lowest})")
-        elif _version_tuple(found) < _version_tuple(lowest):
-            report.fail(f"{name} {found} is too old (need >= {lowest})")
+            report.fail(f"{name} is not installed{need}")
+        elif wanted is not None and not wanted.contains(found, prereleases=True):
+            report.fail(f"{name} {found} is outside jnreg's supported range{need}")
         else:
             report.ok(f"{name} {found}")
     if report.failures:

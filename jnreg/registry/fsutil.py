@@ -113,14 +113,19 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def write_new_file(target: Path, data: bytes) -> tuple[int, str]:
-    """Write ``data`` to a ``target`` that must not exist yet, fsync it; return (size, sha256)."""
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+def write_synced(path: Path, data: bytes, flags: int) -> None:
+    """Open ``path`` for writing with ``flags``, write all of ``data`` and fsync it."""
+    fd = os.open(path, os.O_WRONLY | flags, 0o644)
     try:
         write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_new_file(target: Path, data: bytes) -> tuple[int, str]:
+    """Write ``data`` to a ``target`` that must not exist yet, fsync it; return (size, sha256)."""
+    write_synced(target, data, os.O_CREAT | os.O_EXCL)
     return len(data), hashlib.sha256(data).hexdigest()
 
 

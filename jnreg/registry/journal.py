@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from jnreg.core.errors import IntegrityError, StoreError
-from jnreg.registry.fsutil import fsync_dir, write_all
+from jnreg.registry.fsutil import fsync_dir, write_synced
 from jnreg.schemas import errors, validate
 
 JOURNAL_FILE = "journal.jsonl"
@@ -123,12 +123,7 @@ def append(path: Path, entry: dict[str, Any]) -> None:
     validate("journal_entry", entry, f"journal entry for {entry.get('action')} {entry.get('agent')}")
     line = (json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
     created = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        write_all(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_synced(path, line, os.O_APPEND | os.O_CREAT)
     if created:
         fsync_dir(path.parent)
 

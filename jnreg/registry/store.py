@@ -510,6 +510,20 @@ class ModelStore:
                     self._recover_pending(agent)
                 raise
 
+    def _begin(self, action: str, manifest: dict[str, Any], *, previous: str | None, current: str | None) -> dict:
+        """The journal entry of a write about to happen on ``manifest``'s version, recorded as pending first."""
+        entry = journal.make_entry(
+            action,
+            manifest["agent"],
+            manifest["version"],
+            previous=previous,
+            current=current,
+            digest=manifest["digest"],
+            adapter_name=manifest["adapter_name"],
+        )
+        self._write_pending(manifest["agent"], entry)
+        return entry
+
     def _write_pending(self, agent: str, entry: dict[str, Any]) -> None:
         atomic_write(self.agent_dir(agent) / PENDING, dump_json(entry).encode("utf-8"))
 
@@ -741,16 +755,7 @@ class ModelStore:
             os.chmod(staging / name, 0o444)
         fsync_dir(staging)
 
-        entry = journal.make_entry(
-            "publish",
-            agent,
-            label,
-            previous=previous,
-            current=label if promote else previous,
-            digest=manifest["digest"],
-            adapter_name=adapter_name,
-        )
-        self._write_pending(agent, entry)
+        entry = self._begin("publish", manifest, previous=previous, current=label if promote else previous)
         target = versions_dir / label
         try:
             os.mkdir(target)  # the claim; only this lock holder renames onto it, so no version is ever replaced
@@ -777,16 +782,7 @@ class ModelStore:
         problems = self.check_files(agent, version)
         if problems:
             raise IntegrityError(f"refusing to {action} {agent} to {version}: {problems[0]}")
-        entry = journal.make_entry(
-            action,
-            agent,
-            version,
-            previous=previous,
-            current=version,
-            digest=manifest["digest"],
-            adapter_name=manifest["adapter_name"],
-        )
-        self._write_pending(agent, entry)
+        entry = self._begin(action, manifest, previous=previous, current=version)
         self._swap_current(agent, version)
         self._point_map_at(agent, manifest)
         crash_point("before-journal")
@@ -858,16 +854,7 @@ class ModelStore:
             current = self.current(agent)
             for version in remove:
                 manifest = self.manifest(agent, version)
-                entry = journal.make_entry(
-                    "gc",
-                    agent,
-                    version,
-                    previous=current,
-                    current=current,
-                    digest=manifest["digest"],
-                    adapter_name=manifest["adapter_name"],
-                )
-                self._write_pending(agent, entry)
+                entry = self._begin("gc", manifest, previous=current, current=current)
                 trash = agent_dir / owned_name("trash")
                 target = agent_dir / VERSIONS / version
                 os.chmod(target, 0o755)  # moving a directory to another parent rewrites its ".."
