@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    help_code = "from jnreg.core.cli import cli; cli(['--help'], prog_name='jnreg')"
+    help_code = "from jnreg.cli import cli; cli(['--help'], prog_name='jnreg')"
     eager = "import torch, transformers, peft, trl, datasets; " + help_code
     with tempfile.TemporaryDirectory() as root:
         runs = {

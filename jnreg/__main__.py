@@ -1,3 +1,3 @@
-from jnreg.core.cli import main
+from jnreg.cli import main
 
 main()

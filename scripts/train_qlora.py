@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from jnreg.core.cli import cli
+from jnreg.cli import cli
 
 if __name__ == "__main__":
     cli(["train", *sys.argv[1:]], prog_name="train_qlora.py")

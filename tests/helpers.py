@@ -22,7 +22,7 @@ def heavy_imports_after(argv: list[str], env: dict[str, str] | None = None) -> l
     """Which heavy libraries a CLI invocation imports, checked in a fresh interpreter."""
     code = (
         "import sys\n"
-        "from jnreg.core.cli import cli\n"
+        "from jnreg.cli import cli\n"
         "try:\n"
         f"    cli({argv!r}, prog_name='jnreg')\n"
         "except SystemExit:\n"

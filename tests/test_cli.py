@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from jnreg import __version__
-from jnreg.core.cli import cli
+from jnreg.cli import cli
 from jnreg.testing import BUILTIN_PLUGINS
 
 from .helpers import heavy_imports_after, run_jnreg

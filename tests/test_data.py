@@ -5,11 +5,11 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from jnreg.cli import cli
 from jnreg.core import data
-from jnreg.core.cli import cli
-from jnreg.core.errors import DataError
 from jnreg.core.models import load_tokenizer
 from jnreg.core.spec import DataOptions
+from jnreg.errors import DataError
 
 GOOD = {
     "prompt": "Claim: The bridge reopened on Monday.\nContext: The transport office confirmed the reopening.",

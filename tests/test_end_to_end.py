@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from jnreg.core.cli import cli
+from jnreg.cli import cli
 
 from .helpers import run_jnreg
 

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from jnreg.core.errors import PluginError, UnknownAgentError
 from jnreg.core.hookspecs import hookimpl
 from jnreg.core.plugins import Host
 from jnreg.core.spec import AgentSpec, PromptTemplate
+from jnreg.errors import PluginError, UnknownAgentError
 from jnreg.testing import BUILTIN_PLUGINS
 
 from .helpers import run_jnreg

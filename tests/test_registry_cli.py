@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from jnreg.core.cli import cli
+from jnreg.cli import cli
 from jnreg.registry import ModelStore
 from tests.helpers import heavy_imports_after, run_jnreg
 from tests.registry_helpers import MISTRAL, make_adapter, snapshot, start, summary_for

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from jnreg.fsutil import host_tag
 from jnreg.registry import ModelStore
-from jnreg.registry.fsutil import host_tag
 from jnreg.registry.journal import read_entries
 from jnreg.registry.store import CRASH_POINTS
 from tests.registry_helpers import make_adapter, start

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from jnreg.core.cli import cli
-from jnreg.core.errors import IntegrityError, StoreConflict
+from jnreg.cli import cli
+from jnreg.errors import IntegrityError, StoreConflict
 from jnreg.registry import ModelStore
 from jnreg.registry.journal import read_entries
 from tests.registry_helpers import make_adapter, start

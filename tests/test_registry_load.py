@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jnreg.core.errors import IntegrityError
+from jnreg.errors import IntegrityError
 from jnreg.registry import ModelStore, load
 from tests.registry_helpers import MISTRAL, TINY, make_adapter
 

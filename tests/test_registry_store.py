@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jnreg.core.errors import IntegrityError, StoreConflict, StoreError, StoreNotFound
+from jnreg.errors import IntegrityError, StoreConflict, StoreError, StoreNotFound
 from jnreg.registry import ModelStore, resolve
 from jnreg.registry import store as store_module
 from jnreg.registry.store import compute_digest

@@ -8,7 +8,7 @@ import uuid
 import pytest
 from click.testing import CliRunner
 
-from jnreg.core.cli import cli
+from jnreg.cli import cli
 
 from .helpers import run_jnreg
 

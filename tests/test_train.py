@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from jnreg.cli import cli
 from jnreg.core import engine
-from jnreg.core.cli import cli
 from jnreg.core.config import TrainConfig, build_config, read_config_file
 from jnreg.core.dryrun import dry_run
-from jnreg.core.errors import ConfigError
+from jnreg.errors import ConfigError
 from jnreg.schemas import errors as schema_errors
 
 from .helpers import run_jnreg
@@ -354,7 +354,7 @@ def test_publish_problems_are_found_before_training(builtin_agents, tmp_path):
 
 def test_dry_run_fails_when_the_model_would_not_fit(builtin_agents, tmp_path, monkeypatch):
     from jnreg.core import preflight
-    from jnreg.core.errors import EnvironmentCheckError
+    from jnreg.errors import EnvironmentCheckError
 
     monkeypatch.setattr(preflight, "RTX_3090_BYTES", 1024)
     agent = builtin_agents.get("fact_checker")

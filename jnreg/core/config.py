@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from jnreg.core.errors import ConfigError
 from jnreg.core.spec import AgentSpec, DataOptions, Hyperparameters
-from jnreg.registry.names import is_label
+from jnreg.errors import ConfigError
+from jnreg.names import is_label
 from jnreg.schemas import errors as schema_errors
 
 CONFIG_FILE = "jnreg_config.json"

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jnreg.core.errors import DataError
 from jnreg.core.spec import AgentSpec, DataOptions, PromptTemplate, Record
+from jnreg.errors import DataError
 
 TEMPLATE_FIELDS = {"prompt", "response", "system"}
 

@@ -7,11 +7,11 @@ from typing import Any
 
 from jnreg.core import preflight
 from jnreg.core.config import CONFIG_FILE, TrainConfig
-from jnreg.core.errors import EnvironmentCheckError
 from jnreg.core.models import hub_token, load_config, load_tokenizer
 from jnreg.core.outputs import SUMMARY_FILE, build_summary, make_output_dir, now, save_config, write_json
 from jnreg.core.plugins import Agent
 from jnreg.core.prepare import PreparedData, marked_example, prepare_data
+from jnreg.errors import EnvironmentCheckError
 
 Echo = Callable[[str], None]
 

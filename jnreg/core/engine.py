@@ -11,7 +11,6 @@ from typing import Any
 
 from jnreg.core import preflight
 from jnreg.core.config import TrainConfig
-from jnreg.core.errors import ConfigError
 from jnreg.core.models import hub_token, load_base_model, load_tokenizer, quiet_library_warnings
 from jnreg.core.outputs import (
     SUMMARY_FILE,
@@ -24,6 +23,7 @@ from jnreg.core.outputs import (
 )
 from jnreg.core.plugins import Agent
 from jnreg.core.prepare import PreparedData, prepare_data
+from jnreg.errors import ConfigError
 
 Echo = Callable[[str], None]
 

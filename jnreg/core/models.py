@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from jnreg.core.errors import ModelError
+from jnreg.errors import ModelError
 
 TINY_MODEL_ID = "jnreg:tiny-mistral"
 QUANTIZATIONS = ("nf4", "8bit", "none")

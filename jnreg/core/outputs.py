@@ -8,8 +8,8 @@ from typing import Any
 
 from jnreg.core import preflight
 from jnreg.core.config import CONFIG_FILE, TrainConfig
-from jnreg.core.errors import ConfigError
-from jnreg.registry.fsutil import atomic_write, dump_json, read_json
+from jnreg.errors import ConfigError
+from jnreg.fsutil import atomic_write, dump_json, read_json
 from jnreg.schemas import validate
 
 SUMMARY_FILE = "training_summary.json"

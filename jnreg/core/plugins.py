@@ -9,8 +9,8 @@ from importlib import metadata
 import pluggy
 
 from jnreg.core import hookspecs
-from jnreg.core.errors import PluginError, UnknownAgentError
 from jnreg.core.spec import AgentSpec
+from jnreg.errors import PluginError, UnknownAgentError
 
 ENTRY_POINT_GROUP = "jnreg"
 #: Set to 1 to load no plugins from entry points (the built-in agents included).

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-from jnreg.core.errors import EnvironmentCheckError
+from jnreg.errors import EnvironmentCheckError
 
 # The libraries whose versions the checks compare with jnreg's own requirements in pyproject.toml.
 CHECKED = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "safetensors")

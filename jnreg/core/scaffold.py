@@ -6,8 +6,8 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from jnreg.core.errors import ConfigError
 from jnreg.core.spec import AGENT_NAME
+from jnreg.errors import ConfigError
 
 SAMPLE_ROWS = [
     (

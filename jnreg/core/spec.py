@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jnreg.core.errors import ConfigError
+from jnreg.errors import ConfigError
 
 DEFAULT_BASE_MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
 MISTRAL_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jnreg.core.errors import IntegrityError, StoreError
-from jnreg.registry.fsutil import read_json
+from jnreg.errors import IntegrityError, StoreError
+from jnreg.fsutil import read_json
 from jnreg.registry.no_secrets import refuse_secrets
 
 ADAPTER_CONFIG = "adapter_config.json"

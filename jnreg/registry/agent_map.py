@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jnreg.core.errors import IntegrityError, StoreError
-from jnreg.registry.fsutil import atomic_write
-from jnreg.registry.names import KNOWN_BASE_REFS, base_ref_slug
+from jnreg.errors import IntegrityError, StoreError
+from jnreg.fsutil import atomic_write
+from jnreg.names import KNOWN_BASE_REFS, base_ref_slug
 from jnreg.schemas import validate
 
 MAP_FILE = "AGENT_MODEL_MAP.json"

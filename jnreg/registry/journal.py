@@ -11,8 +11,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from jnreg.core.errors import IntegrityError, StoreError
-from jnreg.registry.fsutil import fsync_dir, write_synced
+from jnreg.errors import IntegrityError, StoreError
+from jnreg.fsutil import fsync_dir, write_synced
 from jnreg.schemas import errors, validate
 
 JOURNAL_FILE = "journal.jsonl"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from jnreg.core.errors import IntegrityError
+from jnreg.errors import IntegrityError
 from jnreg.registry.agent_map import entry_for, hf_id_of
 from jnreg.registry.store import ModelStore, Resolution
 

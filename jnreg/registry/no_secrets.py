@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 
-from jnreg.core.errors import StoreError
+from jnreg.errors import StoreError
 
 SECRET_NAME = re.compile(r"TOKEN|SECRET|KEY|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
 # Shorter values (KEY=1) are too likely to occur by chance to be worth refusing a publish over.

@@ -29,11 +29,8 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from jnreg import __version__
-from jnreg.core.errors import IntegrityError, StoreConflict, StoreError, StoreNotFound
-from jnreg.registry import agent_map, journal
-from jnreg.registry.adapter_dir import MODEL_CARD, SUMMARY, AdapterSource, inspect_source
-from jnreg.registry.agent_map import MAP_FILE
-from jnreg.registry.fsutil import (
+from jnreg.errors import IntegrityError, StoreConflict, StoreError, StoreNotFound
+from jnreg.fsutil import (
     atomic_write,
     copy_new_file,
     dump_json,
@@ -46,7 +43,10 @@ from jnreg.registry.fsutil import (
     sha256_file,
     write_new_file,
 )
-from jnreg.registry.names import check_adapter_name, check_agent, check_version, is_agent, is_label
+from jnreg.names import check_adapter_name, check_agent, check_version, is_agent, is_label
+from jnreg.registry import agent_map, journal
+from jnreg.registry.adapter_dir import MODEL_CARD, SUMMARY, AdapterSource, inspect_source
+from jnreg.registry.agent_map import MAP_FILE
 from jnreg.registry.no_secrets import refuse_secrets
 from jnreg.schemas import validate
 

@@ -7,7 +7,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from jnreg.core.errors import IntegrityError
+from jnreg.errors import IntegrityError
 
 SCHEMA_NAMES = ("manifest", "training_summary", "agent_model_map", "journal_entry", "train_config")
 

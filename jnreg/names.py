@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from jnreg.core.errors import StoreError
+from jnreg.errors import StoreError
 
 AGENT_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,62}")
 LABEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from jnreg.core.errors import JnregError
+from jnreg.errors import JnregError
 
 
 @dataclass

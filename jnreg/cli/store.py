@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from jnreg.core.cli_base import echo_json, open_store
-from jnreg.core.errors import IntegrityError, StoreError
+from jnreg.cli.base import echo_json, open_store
+from jnreg.errors import IntegrityError, StoreError
 
 
 def _version_row(manifest: dict[str, Any], current: str | None) -> dict[str, Any]:

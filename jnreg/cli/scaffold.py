@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from jnreg.core.cli_base import echo_json
+from jnreg.cli.base import echo_json
 
 
 @click.command("new")
@@ -18,9 +18,9 @@ from jnreg.core.cli_base import echo_json
 @click.option("--json", "as_json", is_flag=True, help="Print the files written as JSON.")
 def agents_new(name: str, directory: Path | None, description: str | None, as_json: bool) -> None:
     """Write a plugin package for agent NAME: pyproject, hook, sample data, schema, test."""
-    from jnreg.core.errors import ConfigError
     from jnreg.core.plugins import get_host
     from jnreg.core.scaffold import write_plugin
+    from jnreg.errors import ConfigError
 
     existing = get_host().agents().get(name)
     if existing is not None:

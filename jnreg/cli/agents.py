@@ -1,37 +1,16 @@
-"""The ``jnreg`` command line: the root group, shared options, and the ``agents`` commands."""
+"""``jnreg agents``: list and show the agents that plugins provide, and write a new plugin."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
 
-from jnreg import __version__
-from jnreg.core.cli_base import JnregGroup, Settings, echo_json
+from jnreg.cli.base import echo_json
+from jnreg.cli.scaffold import agents_new
 
 
-@click.group(cls=JnregGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="jnreg")
-@click.option(
-    "--store-root",
-    envvar="MODEL_STORE_ROOT",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="ModelStore root [env MODEL_STORE_ROOT; default ./model_store].",
-)
-@click.option(
-    "--agent-map",
-    envvar="AGENT_MODEL_MAP",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="AGENT_MODEL_MAP.json to keep up to date [env AGENT_MODEL_MAP; default <store-root>/AGENT_MODEL_MAP.json].",
-)
-@click.pass_context
-def cli(ctx: click.Context, store_root: Path | None, agent_map: Path | None) -> None:
-    """Train, store and find the JustNews agents' LoRA adapters."""
-    ctx.obj = Settings(store_root=store_root, agent_map=agent_map)
-
-
-@cli.group()
+@click.group()
 def agents() -> None:
     """The agents that plugins provide."""
 
@@ -104,17 +83,4 @@ def agents_show(agent: str, as_json: bool) -> None:
     click.echo(f"  user message: {spec.template.user}")
 
 
-def _register_subcommands() -> None:
-    from jnreg.core import cli_generate, cli_scaffold, cli_store, cli_train
-
-    cli.add_command(cli_store.store)
-    cli.add_command(cli_train.train)
-    cli.add_command(cli_generate.generate)
-    agents.add_command(cli_scaffold.agents_new)
-
-
-_register_subcommands()
-
-
-def main() -> None:
-    cli(prog_name="jnreg")
+agents.add_command(agents_new)

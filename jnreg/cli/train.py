@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from jnreg.core.cli_base import echo_json, open_store
-from jnreg.core.errors import ConfigError
+from jnreg.cli.base import echo_json, open_store
+from jnreg.errors import ConfigError
 
 # Options that take several values after one flag, as the guide writes them
 # (``--train-files data/*.jsonl`` after the shell expands the glob).

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from jnreg.core.cli_base import echo_json, settings
+from jnreg.cli.base import echo_json, settings
 
 
 @click.command()
@@ -30,19 +30,19 @@ def generate(
 ) -> None:
     """Answer PROMPT with AGENT's stored adapter, through the agent's serving template."""
     from jnreg.core.generation import generate_answer
+    from jnreg.core.models import quiet_library_warnings
+    from jnreg.core.plugins import get_host
+    from jnreg.registry import load, resolve
 
     if prompt == "-":
         prompt = sys.stdin.read()
-    result = generate_answer(
-        agent,
-        prompt,
-        version=version,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        quantization=None if quantization == "none" else quantization,
-        store_root=settings(ctx).store_root,
-        agent_map=settings(ctx).agent_map,
-    )
+    quiet_library_warnings()
+    spec = get_host().get(agent).spec
+    where = {"store_root": settings(ctx).store_root, "agent_map": settings(ctx).agent_map}
+    resolution = resolve(agent, version, **where)
+    model, tokenizer = load(agent, resolution.version, None if quantization == "none" else quantization, **where)
+    answer = generate_answer(model, tokenizer, spec, prompt, max_new_tokens=max_new_tokens, temperature=temperature)
+    result = {"agent": agent, "version": resolution.version} | answer
     if as_json:
         echo_json(result)
     else:
