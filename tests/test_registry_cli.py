@@ -142,6 +142,34 @@ def test_user_errors_are_one_line_and_change_nothing(root: Path, tmp_path: Path)
         assert snapshot(root) == before, args
 
 
+def test_publish_names_the_base_model_the_adapter_does_not(root: Path, tmp_path: Path) -> None:
+    source = make_adapter(tmp_path / "nameless", seed=2)
+    config = json.loads((source / "adapter_config.json").read_text())
+    del config["base_model_name_or_path"]
+    (source / "adapter_config.json").write_text(json.dumps(config))
+    before = snapshot(root)
+    one_line_error(jnreg(root, "publish", "critic", str(source)), "say which with --base-model")
+    one_line_error(jnreg(root, "publish", "critic", str(source), "--base-model", " "), "--base-model is empty")
+    assert snapshot(root) == before
+
+    result = jnreg(root, "publish", "critic", str(source), "--base-model", MISTRAL, "--json")
+    assert result.exit_code == 0, result.output
+    version = json.loads(result.output)["version"]
+    shown = json.loads(jnreg(root, "show", "critic", version, "--json").output)
+    assert shown["manifest"]["base_model"] == MISTRAL
+    document = json.loads((root / "AGENT_MODEL_MAP.json").read_text())
+    assert document["base_models"]["mistral-7b-v0.3"]["hf_id"] == MISTRAL
+
+    named = make_adapter(tmp_path / "named", seed=3, base_model="org/other-base")
+    before = snapshot(root)
+    result = jnreg(root, "publish", "critic", str(named), "--base-model", MISTRAL)
+    one_line_error(result, "'org/other-base'")
+    assert MISTRAL in result.stderr
+    assert snapshot(root) == before
+    agreeing = jnreg(root, "publish", "critic", str(named), "--base-model", "org/other-base", "--json")
+    assert agreeing.exit_code == 0, agreeing.output
+
+
 def test_damaged_store_errors(root: Path, tmp_path: Path) -> None:
     for i in (1, 2):
         jnreg(root, "publish", "critic", str(make_adapter(tmp_path / f"s{i}", seed=i)), "--adapter-version", f"v{i}")

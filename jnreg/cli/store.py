@@ -44,6 +44,7 @@ def store() -> None:
 @click.option("--adapter-version", "version", help="Version label [vYYYYMMDD-HHMM, UTC; -2, -3... when taken].")
 @click.option("--adapter-name", help="Adapter name [training_summary's, else <agent>_adapter].")
 @click.option("--no-promote", is_flag=True, help="Store the version without putting it in service.")
+@click.option("--base-model", help="The base model it was trained on, for an adapter that does not name one.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def publish(
@@ -53,11 +54,12 @@ def publish(
     version: str | None,
     adapter_name: str | None,
     no_promote: bool,
+    base_model: str | None,
     as_json: bool,
 ) -> None:
     """Store the adapter in DIRECTORY as a new version of AGENT and (unless --no-promote) put it in service."""
     result = open_store(ctx).publish(
-        agent, directory, adapter_name=adapter_name, version=version, promote=not no_promote
+        agent, directory, adapter_name=adapter_name, version=version, promote=not no_promote, base_model=base_model
     )
     if as_json:
         echo_json(

@@ -153,6 +153,22 @@ def _model_card(manifest: dict[str, Any]) -> str:
     )
 
 
+def _base_model_of(source: AdapterSource, given: str | None, source_dir: Path | str) -> str:
+    """The base model the adapter names, or ``given``; refused when both are there and differ."""
+    named = (source.summary or {}).get("base_model") or source.config.get("base_model_name_or_path")
+    named = named if isinstance(named, str) and named else None
+    if given is not None and not given.strip():
+        raise StoreError("--base-model is empty")
+    if given and named and given != named:
+        raise StoreError(f"{source_dir} was trained on {named!r}, not on the base model given, {given!r}")
+    if not (given or named):
+        raise StoreError(
+            f"{source_dir} names no base model (training_summary.base_model or base_model_name_or_path); "
+            "say which with --base-model"
+        )
+    return given or named  # type: ignore[return-value]
+
+
 class ModelStore:
     """A directory of published adapters per agent, the `current` pointer of each, the journal and the agent map."""
 
@@ -658,8 +674,13 @@ class ModelStore:
         adapter_name: str | None = None,
         version: str | None = None,
         promote: bool = True,
+        base_model: str | None = None,
     ) -> PublishResult:
-        """Store the loadable files of the adapter in ``source_dir`` as a new immutable version of ``agent``."""
+        """Store the loadable files of the adapter in ``source_dir`` as a new immutable version of ``agent``.
+
+        ``base_model`` names the base the adapter was trained on, for adapters that do not say; an adapter
+        that names another base is refused.
+        """
         self.check_can_publish(agent, adapter_name=adapter_name, version=version, create=False)
         source = inspect_source(Path(source_dir))
         summary = source.summary
@@ -668,11 +689,7 @@ class ModelStore:
         adapter_name = check_adapter_name(adapter_name or (summary or {}).get("adapter_name") or f"{agent}_adapter")
         if summary is not None:
             _stored_summary(summary, adapter_name, version or "v00000000-0000", str(source_dir))
-        base_model = (summary or {}).get("base_model") or source.config.get("base_model_name_or_path")
-        if not isinstance(base_model, str) or not base_model:
-            raise StoreError(
-                f"{source_dir} names no base model (training_summary.base_model or base_model_name_or_path)"
-            )
+        base_model = _base_model_of(source, base_model, source_dir)
         agent_dir = self._prepare(agent)
         staging = agent_dir / owned_name("staging")
         try:
