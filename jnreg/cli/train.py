@@ -164,6 +164,12 @@ def _print_config(config: Any, echo: Any) -> None:
     echo(f"training {config.agent} adapter {config.adapter_name!r} on {config.base_model}")
     echo(f"effective config (saved as {Path(config.output_dir) / CONFIG_FILE}):")
     echo(textwrap.fill(settings_text, width=100, initial_indent="  ", subsequent_indent="  "))
+    if config.builtin_settings:
+        chosen = ", ".join(f"{key}={getattr(config, key)}" for key in config.builtin_settings)
+        echo(
+            f"note: {config.base_model} is the built-in demo model, so it trains with settings made for it, "
+            f"not the 7B defaults: {chosen} (set any of them to change it)"
+        )
 
 
 def _store_for(ctx: click.Context, config: Any) -> Any:
