@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -48,6 +48,7 @@ from jnreg.registry import agent_map, journal
 from jnreg.registry.adapter_dir import MODEL_CARD, SUMMARY, AdapterSource, inspect_source
 from jnreg.registry.agent_map import MAP_FILE
 from jnreg.registry.no_secrets import refuse_secrets
+from jnreg.registry.objects import is_object_url
 from jnreg.schemas import validate
 
 DEFAULT_ROOT = Path("model_store")
@@ -132,6 +133,41 @@ class GcResult:
     dry_run: bool
 
 
+def checked_manifest(document: Any, where: str, agent: str, version: str) -> dict[str, Any]:
+    """``document`` when it is a valid manifest of ``agent`` ``version``; IntegrityError naming ``where`` otherwise."""
+    validate("manifest", document, f"manifest {where}")
+    if document["agent"] != agent or document["version"] != version:
+        found = f"{document['agent']} {document['version']}"
+        raise IntegrityError(f"manifest {where} is for {found}, not {agent} {version}")
+    if document["training_summary"] is not None:
+        validate("training_summary", document["training_summary"], f"training summary in {where}")
+    return document
+
+
+def file_problems(
+    where: str, manifest: dict[str, Any], present: dict[str, int | None], sha256_of: Callable[[str], str]
+) -> list[str]:
+    """Every way stored files differ from ``manifest``: ``present`` maps each stored name to its size (None: not a
+    regular file); ``sha256_of`` hashes one stored file."""
+    problems = []
+    listed = {f["path"]: f for f in manifest["files"]}
+    for name, info in sorted(listed.items()):
+        if name not in present:
+            problems.append(f"{where}: {name} is missing")
+        elif present[name] is None:
+            problems.append(f"{where}: {name} is not a regular file")
+        elif present[name] != info["size"]:
+            problems.append(f"{where}: {name} has {present[name]} bytes, manifest says {info['size']}")
+        elif (actual := sha256_of(name)) != info["sha256"]:
+            expected = info["sha256"]
+            problems.append(f"{where}: {name} is corrupt (sha256 {actual[:12]}…, manifest says {expected[:12]}…)")
+    for name in sorted(set(present) - set(listed) - {MANIFEST}):
+        problems.append(f"{where}: {name} is not in the manifest")
+    if compute_digest(manifest["files"]) != manifest["digest"]:
+        problems.append(f"{where}: manifest digest does not match its file list")
+    return problems
+
+
 def _stored_summary(summary: dict[str, Any], adapter_name: str, version: str, where: str) -> dict[str, Any]:
     """The summary as stored in the version: carrying the final adapter name and version label."""
     stored = {**summary, "adapter_name": adapter_name, "adapter_version": version}
@@ -170,7 +206,20 @@ def _base_model_of(source: AdapterSource, given: str | None, source_dir: Path | 
 
 
 class ModelStore:
-    """A directory of published adapters per agent, the `current` pointer of each, the journal and the agent map."""
+    """Published adapters per agent, the `current` pointer of each, the journal and the agent map.
+
+    The rules (labels never reused, manifests and digests, the journal, the map, `current`, promote,
+    rollback, gc, verify) live here once. This class keeps them on a local directory under file locks;
+    ``ModelStore("s3://bucket/prefix")`` gives an ObjectModelStore, which keeps the same rules in object
+    storage with conditional writes and overrides only the storage primitives.
+    """
+
+    def __new__(cls, root: Path | str | None = None, *args: Any, **kwargs: Any) -> ModelStore:
+        if cls is ModelStore and is_object_url(str(root or os.environ.get("MODEL_STORE_ROOT") or "")):
+            from jnreg.registry.object_store import ObjectModelStore
+
+            return super().__new__(ObjectModelStore)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -281,14 +330,7 @@ class ModelStore:
         if manifest_path.is_symlink() or not manifest_path.is_file():
             raise IntegrityError(f"version {agent} {version} has no manifest.json ({manifest_path})")
         document = read_json(manifest_path, "manifest", IntegrityError)
-        validate("manifest", document, f"manifest {manifest_path}")
-        if document["agent"] != agent or document["version"] != version:
-            raise IntegrityError(
-                f"manifest {manifest_path} is for {document['agent']} {document['version']}, not {agent} {version}"
-            )
-        if document["training_summary"] is not None:
-            validate("training_summary", document["training_summary"], f"training summary in {manifest_path}")
-        return document
+        return checked_manifest(document, str(manifest_path), agent, version)
 
     def read_map(self) -> dict[str, Any] | None:
         """The agent map, validated; None when there is none yet."""
@@ -321,11 +363,15 @@ class ModelStore:
             adapter_name=manifest["adapter_name"],
             base_model=manifest["base_model"],
             base_ref=base_ref,
-            adapter_path=self.version_dir(agent, version),
+            adapter_path=self._adapter_path(agent, version, manifest),
             digest=manifest["digest"],
             manifest=manifest,
             base_model_revision=manifest["base_model_revision"],
         )
+
+    def _adapter_path(self, agent: str, version: str, manifest: dict[str, Any]) -> Path:
+        """A local directory holding the version's files, as loaders need it."""
+        return self.version_dir(agent, version)
 
     def check_files(self, agent: str, version: str) -> list[str]:
         """Every way a version's files differ from its manifest, one line per bad file; empty when intact."""
@@ -337,24 +383,11 @@ class ModelStore:
             raise
         except IntegrityError as exc:
             return [str(exc)]
-        problems = []
-        listed = {f["path"]: f for f in manifest["files"]}
-        for name, info in sorted(listed.items()):
-            file_path = path / name
-            if not os.path.lexists(file_path):
-                problems.append(f"{where}: {name} is missing")
-            elif file_path.is_symlink() or not file_path.is_file():
-                problems.append(f"{where}: {name} is not a regular file")
-            elif file_path.stat().st_size != info["size"]:
-                problems.append(f"{where}: {name} has {file_path.stat().st_size} bytes, manifest says {info['size']}")
-            elif (actual := sha256_file(file_path)) != info["sha256"]:
-                expected = info["sha256"]
-                problems.append(f"{where}: {name} is corrupt (sha256 {actual[:12]}…, manifest says {expected[:12]}…)")
-        for name in sorted(set(os.listdir(path)) - set(listed) - {MANIFEST}):
-            problems.append(f"{where}: {name} is not in the manifest")
-        if compute_digest(manifest["files"]) != manifest["digest"]:
-            problems.append(f"{where}: manifest digest does not match its file list")
-        return problems
+        present: dict[str, int | None] = {}
+        for entry in os.scandir(path):
+            regular = entry.is_file(follow_symlinks=False)
+            present[entry.name] = entry.stat(follow_symlinks=False).st_size if regular else None
+        return file_problems(where, manifest, present, lambda name: sha256_file(path / name))
 
     def verify(self, agent: str | None = None, version: str | None = None) -> VerifyReport:
         """Recompute every checksum and check `current`, the agent map and the journal."""
@@ -629,12 +662,15 @@ class ModelStore:
         journaled = journal.for_agent(journal.read_entries(self.journal_path), agent)
         return set(self._version_dirs(agent)) | {e["version"] for e in journaled if e["action"] == "publish"}
 
-    def _free_label(self, agent: str) -> str:
+    def _label_exists(self, agent: str, label: str) -> bool:
+        return os.path.lexists(self.agent_dir(agent) / VERSIONS / label)
+
+    def _free_label(self, agent: str, used: set[str] | None = None) -> str:
         """vYYYYMMDD-HHMM (UTC), with -2, -3, ... when that minute is taken (held: agent lock)."""
         base = datetime.now(timezone.utc).strftime("v%Y%m%d-%H%M")
-        used = self._used_labels(agent)
+        used = self._used_labels(agent) if used is None else used
         label, n = base, 1
-        while label in used or os.path.lexists(self.agent_dir(agent) / VERSIONS / label):
+        while label in used or self._label_exists(agent, label):
             n += 1
             label = f"{base}-{n}"
         return label
@@ -681,15 +717,7 @@ class ModelStore:
         ``base_model`` names the base the adapter was trained on, for adapters that do not say; an adapter
         that names another base is refused.
         """
-        self.check_can_publish(agent, adapter_name=adapter_name, version=version, create=False)
-        source = inspect_source(Path(source_dir))
-        summary = source.summary
-        if summary is not None and summary.get("agent", agent) != agent:
-            raise StoreError(f"{source_dir} holds an adapter for agent {summary.get('agent')!r}, not {agent!r}")
-        adapter_name = check_adapter_name(adapter_name or (summary or {}).get("adapter_name") or f"{agent}_adapter")
-        if summary is not None:
-            _stored_summary(summary, adapter_name, version or "v00000000-0000", str(source_dir))
-        base_model = _base_model_of(source, base_model, source_dir)
+        source, adapter_name, base_model = self._publishable(agent, source_dir, adapter_name, version, base_model)
         agent_dir = self._prepare(agent)
         staging = agent_dir / owned_name("staging")
         try:
@@ -718,6 +746,76 @@ class ModelStore:
                 with suppress(OSError):
                     remove_tree(staging)
 
+    def _publishable(
+        self,
+        agent: str,
+        source_dir: Path | str,
+        adapter_name: str | None,
+        version: str | None,
+        base_model: str | None,
+    ) -> tuple[AdapterSource, str, str]:
+        """Check everything about a publish that needs no write: (the adapter's files, adapter name, base model)."""
+        self.check_can_publish(agent, adapter_name=adapter_name, version=version, create=False)
+        source = inspect_source(Path(source_dir))
+        summary = source.summary
+        if summary is not None and summary.get("agent", agent) != agent:
+            raise StoreError(f"{source_dir} holds an adapter for agent {summary.get('agent')!r}, not {agent!r}")
+        adapter_name = check_adapter_name(adapter_name or (summary or {}).get("adapter_name") or f"{agent}_adapter")
+        if summary is not None:
+            _stored_summary(summary, adapter_name, version or "v00000000-0000", str(source_dir))
+        return source, adapter_name, _base_model_of(source, base_model, source_dir)
+
+    def _seal(
+        self,
+        agent: str,
+        label: str,
+        source: AdapterSource,
+        copied: dict[str, tuple[int, str]],
+        *,
+        adapter_name: str,
+        base_model: str,
+    ) -> tuple[dict[str, bytes], dict[str, Any], str]:
+        """The files a version gets under its label (summary, model card), its manifest and the manifest's text.
+
+        ``copied`` holds (size, sha256) of the adapter's files as stored; the new files are added to it.
+        """
+        config, summary = source.config, source.summary
+        extra: dict[str, bytes] = {}
+        stored = None
+        if summary is not None:
+            stored = dump_json(_stored_summary(summary, adapter_name, label, f"{agent} {label}"))
+            refuse_secrets(stored, SUMMARY)
+            extra[SUMMARY] = stored.encode("utf-8")
+        revision = (summary or {}).get("base_model_revision") or config.get("revision")
+        manifest: dict[str, Any] = {
+            "schema_version": 1,
+            "agent": agent,
+            "adapter_name": adapter_name,
+            "version": label,
+            "base_model": base_model,
+            "base_model_revision": revision if isinstance(revision, str) else None,
+            "peft_type": config["peft_type"],
+            "r": config.get("r") if isinstance(config.get("r"), int) else None,
+            "alpha": config.get("lora_alpha"),
+            "target_modules": config.get("target_modules"),
+            "files": [],
+            "digest": "",
+            "training_summary": json.loads(stored) if stored is not None else None,
+            "created_at": journal.now(),
+            "created_by": journal.who(),
+            "jnreg_version": __version__,
+        }
+        if MODEL_CARD not in copied:
+            extra[MODEL_CARD] = _model_card(manifest).encode("utf-8")
+        for name, data in extra.items():
+            copied[name] = (len(data), hashlib.sha256(data).hexdigest())
+        manifest["files"] = [{"path": n, "size": s, "sha256": h} for n, (s, h) in sorted(copied.items())]
+        manifest["digest"] = compute_digest(manifest["files"])
+        validate("manifest", manifest, f"manifest of {agent} {label}")
+        text = dump_json(manifest)
+        refuse_secrets(text, MANIFEST)
+        return extra, manifest, text
+
     def _commit_publish(
         self,
         agent: str,
@@ -736,37 +834,11 @@ class ModelStore:
             self._refuse_used_label(agent, version)
         label = version or self._free_label(agent)
         previous = self.current(agent)
-        config, summary = source.config, source.summary
-        if summary is not None:
-            stored = dump_json(_stored_summary(summary, adapter_name, label, str(staging)))
-            refuse_secrets(stored, SUMMARY)
-            copied[SUMMARY] = write_new_file(staging / SUMMARY, stored.encode("utf-8"))
-        revision = (summary or {}).get("base_model_revision") or config.get("revision")
-        manifest: dict[str, Any] = {
-            "schema_version": 1,
-            "agent": agent,
-            "adapter_name": adapter_name,
-            "version": label,
-            "base_model": base_model,
-            "base_model_revision": revision if isinstance(revision, str) else None,
-            "peft_type": config["peft_type"],
-            "r": config.get("r") if isinstance(config.get("r"), int) else None,
-            "alpha": config.get("lora_alpha"),
-            "target_modules": config.get("target_modules"),
-            "files": [],
-            "digest": "",
-            "training_summary": json.loads(stored) if summary is not None else None,
-            "created_at": journal.now(),
-            "created_by": journal.who(),
-            "jnreg_version": __version__,
-        }
-        if MODEL_CARD not in copied:
-            copied[MODEL_CARD] = write_new_file(staging / MODEL_CARD, _model_card(manifest).encode("utf-8"))
-        manifest["files"] = [{"path": n, "size": s, "sha256": h} for n, (s, h) in sorted(copied.items())]
-        manifest["digest"] = compute_digest(manifest["files"])
-        validate("manifest", manifest, f"manifest of {agent} {label}")
-        text = dump_json(manifest)
-        refuse_secrets(text, MANIFEST)
+        extra, manifest, text = self._seal(
+            agent, label, source, copied, adapter_name=adapter_name, base_model=base_model
+        )
+        for name, data in extra.items():
+            write_new_file(staging / name, data)
         write_new_file(staging / MANIFEST, text.encode("utf-8"))
         for name in os.listdir(staging):
             os.chmod(staging / name, 0o444)
