@@ -41,6 +41,7 @@ from jnreg.fsutil import (
     owned_name,
     pid_alive,
     remove_tree,
+    sha256_file,
 )
 from jnreg.names import check_agent, check_version, is_agent, is_label
 from jnreg.registry import agent_map, journal
@@ -54,6 +55,7 @@ from jnreg.registry.store import (
     GcResult,
     ModelStore,
     PublishResult,
+    Resolution,
     VerifyReport,
     checked_manifest,
     crash_point,
@@ -284,6 +286,16 @@ class ObjectModelStore(ModelStore):
             if os.path.lexists(staging):
                 remove_tree(staging)
         return target
+
+    def check_copy(self, resolution: Resolution) -> list[str]:
+        """The local copy a loader reads, checked file by file against the manifest."""
+        path = resolution.adapter_path
+        present: dict[str, int | None] = {}
+        for entry in os.scandir(path):
+            regular = entry.is_file(follow_symlinks=False)
+            present[entry.name] = entry.stat(follow_symlinks=False).st_size if regular else None
+        where = f"{resolution.agent} {resolution.version} (copy in {path})"
+        return file_problems(where, resolution.manifest, present, lambda name: sha256_file(path / name))
 
     def check_files(self, agent: str, version: str) -> list[str]:
         where = f"{agent} {version}"

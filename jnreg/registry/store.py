@@ -373,6 +373,10 @@ class ModelStore:
         """A local directory holding the version's files, as loaders need it."""
         return self.version_dir(agent, version)
 
+    def check_copy(self, resolution: Resolution) -> list[str]:
+        """Every way the files at ``resolution.adapter_path`` (what a loader reads) differ from the manifest."""
+        return self.check_files(resolution.agent, resolution.version)
+
     def check_files(self, agent: str, version: str) -> list[str]:
         """Every way a version's files differ from its manifest, one line per bad file; empty when intact."""
         where = f"{agent} {version}"
