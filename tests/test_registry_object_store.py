@@ -263,7 +263,7 @@ def test_promote_and_rollback_races_keep_one_history(root: str, tmp_path: Path) 
     store = ModelStore(root)
     for i in range(1, 8):
         store.publish("critic", make_adapter(tmp_path / f"s{i}", seed=i), version=f"v{i}", promote=i <= 4)
-    flippers = [start("flip", root, "critic", f"v{i}", f"v{i}") for i in (5, 6, 7)]
+    flippers = [start("flip", root, "critic", f"v{i}") for i in (5, 6, 7)]
     promoters = [start("promote", root, "critic", f"v{i}") for i in (1, 2, 3)]
     for writer in flippers + promoters:
         _, err = writer.communicate(timeout=120)

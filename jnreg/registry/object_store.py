@@ -393,8 +393,8 @@ class ObjectModelStore(ModelStore):
         # Claims are never removed, not even by gc, so the claimed labels are every label ever used.
         return set(self._version_dirs(agent))
 
-    def _label_exists(self, agent: str, label: str) -> bool:
-        return False  # the claimed labels above already say it
+    def _label_taken(self, agent: str, label: str, used: set[str] | None = None) -> bool:
+        return label in (used if used is not None else self._used_labels(agent))
 
     def _refuse_used_label(self, agent: str, version: str) -> None:
         listing = self._listing(agent)

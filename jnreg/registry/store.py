@@ -26,8 +26,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
 from jnreg import __version__
 from jnreg.errors import IntegrityError, StoreConflict, StoreError, StoreNotFound
 from jnreg.fsutil import (
@@ -487,6 +485,8 @@ class ModelStore:
         lock_path = self.agent_dir(agent) / AGENT_LOCK
         if not lock_path.exists():
             return False
+        from filelock import FileLock, Timeout  # writers only: readers stay fast to start
+
         lock = FileLock(lock_path, timeout=0)
         try:
             lock.acquire()
@@ -529,6 +529,8 @@ class ModelStore:
 
     @contextmanager
     def _lock(self, path: Path, what: str) -> Iterator[None]:
+        from filelock import FileLock, Timeout  # writers only: readers stay fast to start
+
         lock = FileLock(path, timeout=self.lock_timeout)
         try:
             lock.acquire()
@@ -616,12 +618,9 @@ class ModelStore:
         for entry in os.scandir(agent_dir):
             if parse_owned(entry.name) and is_stale(Path(entry.path)):
                 remove_tree(Path(entry.path))
-        # Under the agent lock no claim is in progress, so an empty version directory is a crash's leftover.
-        for name in self._version_dirs(agent):
-            path = agent_dir / VERSIONS / name
-            if path.is_dir() and not path.is_symlink() and not os.listdir(path):
-                with suppress(OSError):
-                    os.rmdir(path)
+        # An empty claim in versions/ is removed by _recover_pending: a publish records its pending entry
+        # before it claims, so every claim a crash leaves is named by a pending record. No scan of every
+        # version is needed, which keeps a write's cost independent of the store's history.
         for entry in os.scandir(self.map_path.parent):
             owned = parse_owned(entry.name)
             if owned and owned[0] == "tmp" and entry.name.endswith(f"-{self.map_path.name}"):
@@ -666,15 +665,22 @@ class ModelStore:
         journaled = journal.for_agent(journal.read_entries(self.journal_path), agent)
         return set(self._version_dirs(agent)) | {e["version"] for e in journaled if e["action"] == "publish"}
 
-    def _label_exists(self, agent: str, label: str) -> bool:
-        return os.path.lexists(self.agent_dir(agent) / VERSIONS / label)
+    def _label_taken(self, agent: str, label: str, used: set[str] | None = None) -> bool:
+        """Whether ``agent`` has, or ever had, a version ``label`` (``used``: the answer for every label, if known).
+
+        Asked of the journal one label at a time, so the cost of a publish does not grow with the history.
+        """
+        if used is not None:
+            return label in used
+        return os.path.lexists(self.agent_dir(agent) / VERSIONS / label) or journal.was_published(
+            self.journal_path, agent, label
+        )
 
     def _free_label(self, agent: str, used: set[str] | None = None) -> str:
         """vYYYYMMDD-HHMM (UTC), with -2, -3, ... when that minute is taken (held: agent lock)."""
         base = datetime.now(timezone.utc).strftime("v%Y%m%d-%H%M")
-        used = self._used_labels(agent) if used is None else used
         label, n = base, 1
-        while label in used or self._label_exists(agent, label):
+        while self._label_taken(agent, label, used):
             n += 1
             label = f"{base}-{n}"
         return label
@@ -682,7 +688,7 @@ class ModelStore:
     def _refuse_used_label(self, agent: str, version: str) -> None:
         if os.path.lexists(self.agent_dir(agent) / VERSIONS / version):
             raise StoreConflict(f"agent {agent!r} already has a version {version!r}; versions are never replaced")
-        if version in self._used_labels(agent):
+        if self._label_taken(agent, version):
             # A rollback or an orchestrator pinned to this label must never get other weights.
             raise StoreConflict(
                 f"agent {agent!r} had a version {version!r} before (removed by gc); labels are never reused"
