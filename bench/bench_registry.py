@@ -249,7 +249,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / f"{Path(__file__).stem}.json")
     parser.add_argument("--quick", action="store_true", help="Fewer runs and a 50 MB adapter, for a smoke test.")
     args = parser.parse_args()
-    samples, runs, size = (3, 5, 50 << 20) if args.quick else (7, 15, 200 << 20)
+    samples, runs, size = (3, 5, 50 << 20) if args.quick else (7, 9, 200 << 20)
     with tempfile.TemporaryDirectory(prefix="jnreg-bench-registry-") as tmp:
         work = Path(tmp)
         figures = [bench_publish_history(work, samples)]

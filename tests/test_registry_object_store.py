@@ -28,6 +28,7 @@ from jnreg.registry import ModelStore, resolve
 from jnreg.registry.object_store import OBJECT_CRASH_POINTS, ObjectModelStore
 from jnreg.registry.objects import Bucket
 from jnreg.registry.pull import pull
+from jnreg.schemas import errors as schema_errors
 from tests.registry_helpers import make_adapter, safetensors_bytes, start, summary_for
 
 pytest.importorskip("moto")
@@ -155,9 +156,16 @@ def test_the_store_rules_hold_in_object_storage(root: str, tmp_path: Path) -> No
     assert found.adapter_path == tmp_path / "cache" / "store" / found.digest  # a local copy keyed by digest
     assert found.adapter_path.is_dir() and store.check_copy(found) == []
     assert json.loads((found.adapter_path / "manifest.json").read_text())["version"] == "c"
-    # Credentials are written nowhere in the store.
+    # Every JSON object jnreg wrote matches its schema, and credentials are written nowhere in the store.
+    schema_of = {"claim.json": "object_intent", "current": "object_current", "manifest.json": "manifest"}
     for key in keys(root):
-        assert SECRET.encode() not in Bucket(root).get(key)[0]
+        data = Bucket(root).get(key)[0]
+        assert SECRET.encode() not in data
+        name = key.rsplit("/", 1)[-1]
+        schema = schema_of.get(name) or ("journal_entry" if "/journal/" in key else None)
+        schema = schema or ("agent_model_map" if name == "AGENT_MODEL_MAP.json" else None)
+        if schema:
+            assert schema_errors(schema, json.loads(data)) == [], key
 
 
 def test_every_command_takes_an_s3_root(root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

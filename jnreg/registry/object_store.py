@@ -415,7 +415,9 @@ class ObjectModelStore(ModelStore):
             "when": journal.now(),
         }
         validate("object_intent", document, f"intent of {action} {agent} {version}")
-        return dump_json(document).encode("utf-8")
+        text = dump_json(document)
+        refuse_secrets(text, "pending write record")
+        return text.encode("utf-8")
 
     def _pending_key(self, agent: str) -> str:
         return f"{agent}/{PENDING}/{self.owner}.json"
@@ -531,8 +533,10 @@ class ObjectModelStore(ModelStore):
             entry = decide(state["version"], seq)
             if entry is None:
                 return None
+            text = json.dumps(entry, sort_keys=True, ensure_ascii=False)
+            refuse_secrets(text, "journal entry")
             try:
-                self.bucket.put_new(self._record_key(agent, seq + 1), json.dumps(entry, sort_keys=True).encode())
+                self.bucket.put_new(self._record_key(agent, seq + 1), text.encode("utf-8"))
             except Conflict:
                 _pause(attempt)
                 continue
@@ -611,9 +615,12 @@ class ObjectModelStore(ModelStore):
             if any(e["action"] == "publish" and e["version"] == label for e in self._records(agent)):
                 return
             manifest = self.manifest(agent, label)
-            self._move(
-                agent,
-                lambda current, seq: journal.make_entry(
+
+            def decide(current: str | None, seq: int) -> dict[str, Any] | None:
+                # Two writers may finish the same dead writer's publish: only one records it.
+                if any(e["action"] == "publish" and e["version"] == label for e in self._records(agent, seq)):
+                    return None
+                return journal.make_entry(
                     "publish",
                     agent,
                     label,
@@ -621,8 +628,9 @@ class ObjectModelStore(ModelStore):
                     current=current,
                     digest=manifest["digest"],
                     adapter_name=manifest["adapter_name"],
-                ),
-            )
+                )
+
+            self._move(agent, decide)
         elif intent["action"] == "gc":
             if any(e["action"] == "gc" and e["version"] == label for e in self._records(agent)):
                 self._remove_files(agent, label)
