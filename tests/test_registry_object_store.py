@@ -371,3 +371,6 @@ def test_a_root_that_is_not_an_object_store_url_is_refused(s3_env: str) -> None:
         ModelStore("s3://")
     with pytest.raises(StoreError, match="keeps its map"):
         ModelStore("s3://bucket/x", "/tmp/map.json")
+    for mangled in (Path("s3://bucket/x"), "gs://bucket/x"):
+        with pytest.raises(StoreError, match="object stores are given as a string s3://"):
+            ModelStore(mangled)

@@ -227,6 +227,9 @@ class ModelStore:
         lock_timeout: float | None = None,
     ) -> None:
         root = root or os.environ.get("MODEL_STORE_ROOT") or DEFAULT_ROOT
+        if "://" in str(root) or str(root).split("/", 1)[0] in ("s3:", "gs:", "az:"):
+            # Path("s3://b/x") is "s3:/b/x": without this, a mangled URL would become a local directory "s3:".
+            raise StoreError(f"store root {str(root)!r}: object stores are given as a string s3://bucket/prefix")
         self.root = Path(root).expanduser().absolute()
         map_path = agent_map or os.environ.get("AGENT_MODEL_MAP") or self.root / MAP_FILE
         # An orchestrator may keep its map elsewhere behind a symlink: update the file, not the link.
