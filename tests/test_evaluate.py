@@ -24,6 +24,8 @@ from jnreg.errors import ConfigError
 from jnreg.registry import ModelStore
 from jnreg.schemas import errors as schema_errors
 
+from .helpers import heavy_imports_after
+
 TINY = "jnreg:tiny-mistral"
 AGENT = "fact_checker"
 # fact_checker as its built-in plugin defines it, answering in a few greedy tokens so a test takes seconds,
@@ -145,6 +147,22 @@ def test_requirements_compare_and_explain_the_numbers():
 def test_a_plugin_default_requirement_is_checked_when_registered():
     with pytest.raises(ConfigError, match="agent 'fact_checker': unknown metric 'accuracy'"):
         dataclasses.replace(quick_spec(), requirements=("accuracy>=0.9",))
+
+
+def test_train_checks_require_before_training(tmp_path):
+    done = jnreg("train", AGENT, "--model_name_or_path", TINY, "--require", "schema_valid>=0.9")
+    assert done.exit_code == 1 and "--require gates publishing: add --publish" in done.output
+    done = jnreg("--store-root", str(tmp_path / "store"), "train", AGENT, "--model_name_or_path", TINY,
+                 "--output-dir", str(tmp_path / "out"), "--publish", "--require", "bleu>=0.3")  # fmt: skip
+    assert done.exit_code == 1 and "unknown metric 'bleu'" in done.output and done.output.count("\n") == 1
+    assert not (tmp_path / "out").exists() and not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize(
+    "argv", [["eval", "--help"], ["export", "--help"], ["store", "promote", "--help"], ["store", "show", "--help"]]
+)
+def test_new_commands_import_no_heavy_library_until_they_run(argv):
+    assert heavy_imports_after(argv) == []
 
 
 # Training records its held-out rows; the gate keeps a failing version out of service -------------------
