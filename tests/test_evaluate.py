@@ -147,6 +147,9 @@ def test_requirements_compare_and_explain_the_numbers():
 def test_a_plugin_default_requirement_is_checked_when_registered():
     with pytest.raises(ConfigError, match="agent 'fact_checker': unknown metric 'accuracy'"):
         dataclasses.replace(quick_spec(), requirements=("accuracy>=0.9",))
+    shown = json.loads(jnreg("agents", "show", AGENT, "--json").stdout)
+    assert shown["requirements"] == [DEFAULT_REQUIREMENT]
+    assert f"promotion requirements: {DEFAULT_REQUIREMENT}" in jnreg("agents", "show", AGENT).stdout
 
 
 def test_train_checks_require_before_training(tmp_path):
@@ -260,6 +263,9 @@ def test_promote_gate_refuses_bad_requirements_and_uses_recorded_results(trained
         assert done.exit_code == 1 and message in done.output and done.output.count("\n") == 1
     done = jnreg("--store-root", str(root), "store", "promote", AGENT, "v9", "--require", "rows>=1")
     assert done.exit_code == 1 and "has no version 'v9'" in done.output
+    done = jnreg("--store-root", str(root), "store", "publish", AGENT, str(trained[1]), "--no-promote",
+                 "--require", "rows>=1")  # fmt: skip
+    assert done.exit_code == 1 and "no use with --no-promote" in done.output
     # Without --require the plugin's default applies, and v1 falls short of it.
     done = jnreg("--store-root", str(root), "store", "promote", AGENT, "v1")
     assert done.exit_code == 1 and "schema_valid 0 (required >= 0.5)" in done.output

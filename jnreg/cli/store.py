@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from jnreg.cli.base import echo_json, open_store
-from jnreg.errors import IntegrityError, StoreError
+from jnreg.errors import ConfigError, IntegrityError, StoreError
 
 
 def _version_row(manifest: dict[str, Any], current: str | None) -> dict[str, Any]:
@@ -89,6 +89,8 @@ def publish(
     """Store the adapter in DIRECTORY as a new version of AGENT and (unless --no-promote) put it in service."""
     from jnreg.cli.gate import gated_publish, requirements_for
 
+    if require and no_promote:
+        raise ConfigError("--require gates putting the version in service; it has no use with --no-promote")
     requirements = requirements_for(agent, require) if not no_promote else []
     model_store = open_store(ctx)
     result = gated_publish(
