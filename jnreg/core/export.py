@@ -83,8 +83,9 @@ def model_card(*, agent: str, version: str, digest: str, adapter_name: str, base
     return (
         f"# {adapter_name} merged into {base_model}\n\n"
         f"The JustNews `{agent}` agent's LoRA adapter, version `{version}` (digest `{digest}`), merged into "
-        f"its base model `{base_model}` by `jnreg export`. The base weights were dequantized to {dtype} "
-        "before the merge, so this is a plain transformers model for engines that cannot load LoRA.\n\n"
+        f"its base model `{base_model}` by `jnreg export`: the quantized base weights were dequantized, the "
+        f"adapter merged into them in fp32, and the result saved in {dtype}, a plain transformers model for "
+        "engines that cannot load LoRA.\n\n"
         f"- base model: `{base_model}`\n"
         f"- adapter: `{adapter_name}`, version `{version}`\n"
         f"- adapter digest: `{digest}`\n"
