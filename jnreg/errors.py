@@ -45,3 +45,7 @@ class StoreConflict(StoreError):
 
 class IntegrityError(StoreError):
     """Stored files or documents do not match their checksums or schema."""
+
+
+class GateError(JnregError):
+    """A version falls short of the requirements for going into service, or they cannot be checked."""

@@ -97,6 +97,12 @@ def _choice(*values: str) -> click.Choice:
 @click.option("--publish", is_flag=True, default=None, help="Publish the adapter to the ModelStore afterwards.")
 @click.option("--adapter-version", help="Version label for --publish [vYYYYMMDD-HHMM].")
 @click.option(
+    "--require",
+    multiple=True,
+    metavar="METRIC>=X",
+    help="With --publish: put the version in service only if its evaluation meets this [the agent's default].",
+)
+@click.option(
     "--store-root",
     "train_store_root",
     type=StoreRoot(),
@@ -111,6 +117,7 @@ def train(
     config_file: Path | None,
     as_json: bool,
     train_store_root: Path | str | None,
+    require: tuple[str, ...],
     **flags: Any,
 ) -> None:
     """Fine-tune AGENT's LoRA adapter with QLoRA (4-bit NF4 base + LoRA)."""
@@ -127,6 +134,9 @@ def train(
     flags = {k: (v or None) if isinstance(v, tuple) else v for k, v in flags.items()}
     flags["store_root"] = str(train_store_root) if train_store_root else None
     config = build_config(agent.spec, file_values, flags)
+    if require and not config.publish:
+        raise ConfigError("--require gates publishing: add --publish")
+    requirements = _requirements(config, require)  # a malformed one fails before training
     echo = _echo(as_json)
     _print_config(config, echo)
 
@@ -140,7 +150,7 @@ def train(
         store = _store_for(ctx, config) if config.publish else None
         summary = engine.train(config, agent, echo=echo)
         if store is not None:
-            summary = _publish(store, config, echo) | {"training": summary}
+            summary = _publish(store, config, echo, requirements) | {"training": summary}
     if as_json:
         echo_json(summary)
 
@@ -179,9 +189,25 @@ def _store_for(ctx: click.Context, config: Any) -> Any:
     return store
 
 
-def _publish(store: Any, config: Any, echo: Any) -> dict[str, Any]:
-    result = store.publish(
-        config.agent, Path(config.output_dir), adapter_name=config.adapter_name, version=config.adapter_version
+def _requirements(config: Any, require: tuple[str, ...]) -> list[Any]:
+    if not config.publish:
+        return []
+    from jnreg.cli.gate import requirements_for
+
+    return requirements_for(config.agent, require)
+
+
+def _publish(store: Any, config: Any, echo: Any, requirements: list[Any]) -> dict[str, Any]:
+    from jnreg.cli.gate import gated_publish
+
+    result = gated_publish(
+        store,
+        config.agent,
+        Path(config.output_dir),
+        requirements,
+        echo,
+        adapter_name=config.adapter_name,
+        version=config.adapter_version,
     )
     echo(f"published {config.agent} {result.version} ({result.digest[:12]}) to {result.path}")
     return {

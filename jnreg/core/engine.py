@@ -193,6 +193,18 @@ def _final_eval_loss(trainer: Any) -> float:
     return float(trainer.evaluate()["eval_loss"])
 
 
+def _save_eval_rows(output_dir: Path, prepared: PreparedData) -> None:
+    """The held-out rows beside the adapter, so they are published with it and `jnreg eval` finds them."""
+    from jnreg.core.evaluate import EVAL_ROWS_FILE, eval_rows_text
+    from jnreg.fsutil import atomic_write
+
+    path = output_dir / EVAL_ROWS_FILE
+    if prepared.eval_examples:
+        atomic_write(path, eval_rows_text(prepared.eval_examples).encode("utf-8"))
+    else:
+        path.unlink(missing_ok=True)  # a rerun without eval rows must not publish an older run's
+
+
 def train(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train the adapter and write it, the tokenizer, the summary and the effective config."""
     import torch
@@ -218,6 +230,7 @@ def train(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
     trainer.model.save_pretrained(str(output_dir), safe_serialization=True)
     record_base_model(output_dir, config.base_model)
     tokenizer.save_pretrained(str(output_dir))
+    _save_eval_rows(output_dir, prepared)
     metrics = {
         "train_loss": float(result.training_loss),
         "eval_loss": eval_after,
