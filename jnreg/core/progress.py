@@ -29,6 +29,8 @@ class LossLines(ProgressCallback):
                 parts.append(f"{key.replace('learning_rate', 'lr')} {logs[key]:{fmt}}")
         line = "  ".join(parts)
         if self.training_bar is not None:
-            self.training_bar.write(line)
+            # Cleared and redrawn around the line; tqdm.write would send it to stdout, which --json keeps for JSON.
+            with self.training_bar.external_write_mode():
+                self.echo(line)
         else:
             self.echo(line)
