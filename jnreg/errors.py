@@ -31,6 +31,10 @@ class EnvironmentCheckError(JnregError):
     """A required package, backend or device is missing."""
 
 
+class LaunchError(JnregError):
+    """One of several training processes failed, or they could not be started."""
+
+
 class StoreError(JnregError):
     """The model store cannot do what was asked; nothing was changed."""
 
