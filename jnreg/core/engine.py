@@ -67,7 +67,6 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
 
     import datasets
     import torch
-    from datasets import Dataset
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import EarlyStoppingCallback, set_seed
     from trl import SFTConfig, SFTTrainer
@@ -147,8 +146,8 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
         disable_tqdm=False,
         include_num_input_tokens_seen="non_padding",
     )
-    train_dataset = Dataset.from_list(prepared.train.rows)
-    eval_dataset = Dataset.from_list(prepared.eval.rows) if prepared.eval else None
+    train_dataset = prepared.train.dataset  # Arrow, memory-mapped from the data cache
+    eval_dataset = prepared.eval.dataset if prepared.eval else None
     extra = list(callbacks)
     if has_eval and config.early_stopping_patience is not None:
         extra.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))

@@ -1,4 +1,4 @@
-"""Data for one run: the agent's rows checked, split into train and eval, and tokenized."""
+"""Data for one run: the agent's rows checked, split into train and eval, and tokenized (or found tokenized)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jnreg.core import data as data_mod
+from jnreg.core import datacache
 from jnreg.core.config import TrainConfig
 from jnreg.core.plugins import Agent
 
@@ -15,11 +16,12 @@ class PreparedData:
     """Checked, split and tokenized rows, with what was skipped, truncated or dropped."""
 
     source: str
-    checked: data_mod.CheckedData
-    train: data_mod.Tokenized
-    eval: data_mod.Tokenized | None
+    checked: datacache.CheckedStream
+    train: datacache.TokenizedSet
+    eval: datacache.TokenizedSet | None
     renderer: data_mod.Renderer
     first_example: data_mod.Example
+    cache_hit: bool = False
 
     def stats(self) -> dict[str, Any]:
         lengths = self.train.lengths
@@ -27,8 +29,8 @@ class PreparedData:
         return {
             "source": self.source,
             "sha256": self.checked.sha256,
-            "rows": len(self.train.rows),
-            "eval_rows": len(self.eval.rows) if self.eval else 0,
+            "rows": len(self.train),
+            "eval_rows": len(self.eval) if self.eval else 0,
             "rows_skipped": len(self.checked.skipped),
             "rows_truncated": sum(len(t.truncated) for t in both),
             "rows_dropped_too_long": sum(len(t.dropped) for t in both),
@@ -51,23 +53,85 @@ def describe_source(config: TrainConfig, agent: Agent) -> str:
 
 
 def prepare_data(config: TrainConfig, agent: Agent, tokenizer: Any) -> PreparedData:
+    """Check every row as it streams by, then reuse the tokenized rows from the cache or make them."""
     spec = agent.spec
-    records = data_mod.load_records(spec, config.data_options, agent.plugin)
-    checked = data_mod.check_records(
-        records, config.data_options, spec, on_bad_row=config.on_bad_row, limit=config.max_train_samples
-    )
-    if config.eval_files:
-        eval_checked = data_mod.check_records(
-            data_mod.default_loader(config.eval_options, None), config.eval_options, spec, on_bad_row=config.on_bad_row
+    work = datacache.scratch()
+    kept_work = False
+    try:
+        skipped: list[str] = []
+        records = data_mod.load_records(spec, config.data_options, agent.plugin)
+        train_in = datacache.spill(
+            data_mod.iter_checked(
+                records,
+                config.data_options,
+                spec,
+                skipped,
+                on_bad_row=config.on_bad_row,
+                limit=config.max_train_samples,
+            ),
+            work / "checked.arrow",
+            skipped,
         )
-        checked.skipped.extend(eval_checked.skipped)
-        train_rows, eval_rows = checked.examples, eval_checked.examples
-    else:
-        train_rows, eval_rows = data_mod.split_eval(checked.examples, config.eval_fraction, config.seed)
-    renderer = data_mod.Renderer(tokenizer, spec.template, config.prompt_template)
-    train = data_mod.tokenize(train_rows, renderer, config.max_seq_length, config.overlong)
-    evaluation = data_mod.tokenize(eval_rows, renderer, config.max_seq_length, config.overlong) if eval_rows else None
-    return PreparedData(describe_source(config, agent), checked, train, evaluation, renderer, train_rows[0])
+        eval_in = None
+        held: set[int] = set()
+        if config.eval_files:
+            eval_skipped: list[str] = []
+            eval_in = datacache.spill(
+                data_mod.iter_checked(
+                    data_mod.default_loader(config.eval_options, None),
+                    config.eval_options,
+                    spec,
+                    eval_skipped,
+                    on_bad_row=config.on_bad_row,
+                ),
+                work / "eval-checked.arrow",
+                eval_skipped,
+            )
+            skipped.extend(eval_skipped)
+        else:
+            held = data_mod.held_out(train_in.count, config.eval_fraction, config.seed)
+        renderer = data_mod.Renderer(tokenizer, spec.template, config.prompt_template)
+        inputs = cache_inputs(config, agent, tokenizer, train_in, eval_in)
+        key = datacache.cache_key(inputs)
+        found = datacache.lookup(key)
+        hit = found is not None
+        if found is None:
+            counts = datacache.tokenize_to(
+                work, renderer, train_in, eval_in, held, config.max_seq_length, config.overlong
+            )
+            found = datacache.store(key, work, counts, inputs)
+            kept_work = work in found[0].path.parents
+        first = next(i for i in range(train_in.count) if i not in held)
+        first_example = train_in.example(first)
+    finally:
+        if not kept_work:
+            datacache.discard(work)
+    train, evaluation = found
+    return PreparedData(describe_source(config, agent), train_in, train, evaluation, renderer, first_example, hit)
+
+
+def cache_inputs(
+    config: TrainConfig,
+    agent: Agent,
+    tokenizer: Any,
+    train: datacache.CheckedStream,
+    evaluation: datacache.CheckedStream | None,
+) -> dict[str, Any]:
+    """Everything the tokenized rows depend on: what the cache key digests."""
+    return {
+        "train": {"rows": train.count, "identity": train.identity},
+        "eval": None if evaluation is None else {"rows": evaluation.count, "identity": evaluation.identity},
+        "split": None if evaluation is not None else {"eval_fraction": config.eval_fraction, "seed": config.seed},
+        "tokenizer": datacache.tokenizer_fingerprint(tokenizer),
+        "base_model": [config.base_model, config.base_model_revision],
+        "template": {"system": agent.spec.template.system, "user": agent.spec.template.user},
+        "prompt_template": config.prompt_template,
+        "max_seq_length": config.max_seq_length,
+        "overlong": config.overlong,
+        "on_bad_row": config.on_bad_row,
+        "data_options": datacache.options_document(config.data_options),
+        "eval_options": datacache.options_document(config.eval_options) if evaluation is not None else None,
+    }
 
 
 def marked_example(prepared: PreparedData) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 from jnreg.errors import IntegrityError
 
-SCHEMA_NAMES = ("manifest", "training_summary", "agent_model_map", "journal_entry", "train_config")
+SCHEMA_NAMES = ("manifest", "training_summary", "agent_model_map", "journal_entry", "train_config", "data_cache")
 
 
 @cache
