@@ -189,3 +189,29 @@ def test_old_entries_are_pruned(tmp_path, cache, builtin_agents, tokenizer, monk
     assert len(list(cache.iterdir())) == 2
     assert prepare_data(config_for(agent, tmp_path, seed=3), agent, tokenizer).cache_hit
     assert not prepare_data(config_for(agent, tmp_path, seed=1), agent, tokenizer).cache_hit
+
+
+def test_dataset_rows_and_eval_files_hit_and_miss_by_content(tmp_path, cache, builtin_agents, tokenizer):
+    """Rows that do not come from files alone are keyed by the checked rows themselves."""
+    from datasets import Dataset
+
+    agent = builtin_agents.get("synthesizer")
+    write_rows(tmp_path / "rows.jsonl", count=12)
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    good = [r for r in rows if "response" in r]
+    Dataset.from_list(good).save_to_disk(str(tmp_path / "ds"))
+    from_dataset = config_for(agent, tmp_path, train_files=[], dataset_name=str(tmp_path / "ds"))
+    fresh = prepare_data(from_dataset, agent, tokenizer)
+    again = prepare_data(from_dataset, agent, tokenizer)
+    assert not fresh.cache_hit and again.cache_hit and everything(again) == everything(fresh)
+    Dataset.from_list(good[:-1]).save_to_disk(str(tmp_path / "ds2"))
+    assert not prepare_data(
+        config_for(agent, tmp_path, train_files=[], dataset_name=str(tmp_path / "ds2")), agent, tokenizer
+    ).cache_hit
+
+    (tmp_path / "eval.jsonl").write_text("\n".join(json.dumps(r) for r in good[:3]) + "\n", encoding="utf-8")
+    with_eval = config_for(agent, tmp_path, eval_files=[str(tmp_path / "eval.jsonl")])
+    fresh = prepare_data(with_eval, agent, tokenizer)
+    again = prepare_data(with_eval, agent, tokenizer)
+    assert not fresh.cache_hit and again.cache_hit and everything(again) == everything(fresh)
+    assert len(fresh.eval) == 3 and fresh.stats()["rows_skipped"] == 1

@@ -82,17 +82,27 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 class CheckedStream:
     """Checked rows written to an Arrow file as they stream by, with their digests and count."""
 
-    path: Path
+    path: Path | None
     count: int = 0
     sha256: str = ""  # the data report's digest: the rows' content, as CheckedData.sha256
     identity: str = ""  # content and where each row came from: what the tokenized rows depend on
     skipped: list[str] = field(default_factory=list)
 
+    def summary(self) -> dict[str, Any]:
+        return {"rows": self.count, "sha256": self.sha256, "identity": self.identity, "skipped": self.skipped}
+
+    @classmethod
+    def from_summary(cls, summary: dict[str, Any]) -> CheckedStream:
+        return cls(None, summary["rows"], summary["sha256"], summary["identity"], list(summary["skipped"]))
+
     def examples(self, start: int = 0) -> Iterator[list[data_mod.Example]]:
         """The rows again, in batches, in the order they were checked."""
         import pyarrow as pa
 
-        with pa.memory_map(str(self.path)) as source:
+        assert self.path is not None, "the checked rows were not kept"
+
+        # Read, not memory-mapped: mapped pages would count in the process's memory as it goes.
+        with pa.OSFile(str(self.path)) as source:
             reader = pa.ipc.open_stream(source)
             seen = 0
             for batch in reader:
@@ -343,7 +353,7 @@ def cache_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(document.encode("utf-8")).hexdigest()[:32]
 
 
-def _sets(directory: Path, meta: dict[str, Any]) -> tuple[TokenizedSet, TokenizedSet | None]:
+def _entry(directory: Path, meta: dict[str, Any]) -> Entry:
     def one(name: str) -> TokenizedSet | None:
         counts = meta[name]
         if counts is None:
@@ -360,10 +370,42 @@ def _sets(directory: Path, meta: dict[str, Any]) -> tuple[TokenizedSet, Tokenize
 
     train = one("train")
     assert train is not None
-    return train, one("eval")
+    checked = meta["checked"]
+    return Entry(
+        train,
+        one("eval"),
+        CheckedStream.from_summary(checked["train"]),
+        CheckedStream.from_summary(checked["eval"]) if checked["eval"] else None,
+        data_mod.Example(**checked["first_example"]),
+    )
 
 
-def lookup(key: str) -> tuple[TokenizedSet, TokenizedSet | None] | None:
+@dataclass
+class Entry:
+    """A cache entry: the tokenized splits and what its meta.json says about the checked rows."""
+
+    train: TokenizedSet
+    eval: TokenizedSet | None
+    checked: CheckedStream
+    eval_checked: CheckedStream | None
+    first_example: data_mod.Example
+
+
+def files_digest(groups: Iterable[Iterable[Path]]) -> str:
+    """A digest of data files' names and bytes, read in blocks."""
+    digest = hashlib.sha256()
+    for group in groups:
+        digest.update(b"\1")
+        for path in group:
+            digest.update(str(path).encode("utf-8") + b"\0")
+            with path.open("rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+            digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def lookup(key: str) -> Entry | None:
     """The entry for ``key`` when a whole, valid one is there; its use is recorded for pruning."""
     directory = cache_root() / key
     try:
@@ -379,7 +421,7 @@ def lookup(key: str) -> tuple[TokenizedSet, TokenizedSet | None] | None:
         os.utime(directory / META_FILE)
     except OSError:
         pass
-    return _sets(directory, meta)
+    return _entry(directory, meta)
 
 
 def scratch() -> Path:
@@ -395,11 +437,11 @@ def discard(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def store(
-    key: str, work: Path, counts: dict[str, Any], parts: dict[str, Any]
-) -> tuple[TokenizedSet, TokenizedSet | None]:
-    """Move the tokenized files in ``work`` into the entry for ``key`` and return its sets."""
-    meta = {"schema_version": 1, "format": FORMAT_VERSION, "key": key, "inputs": parts, **counts}
+def store(key: str, work: Path, counts: dict[str, Any], checked: dict[str, Any], parts: dict[str, Any]) -> Entry:
+    """Move the tokenized files in ``work`` into the entry for ``key`` and return it."""
+    meta = {"schema_version": 1, "format": FORMAT_VERSION, "key": key, "inputs": parts, "checked": checked, **counts}
+    problems = schema_errors("data_cache", meta)
+    assert not problems, problems
     entry = work / "entry"
     entry.mkdir()
     for name in ("train.arrow", "eval.arrow"):
@@ -418,8 +460,8 @@ def store(
             except OSError:
                 pass
     found = lookup(key)
-    if found is None:  # the cache directory is unusable; keep the run going from the scratch copy
-        return _sets(entry, meta)
+    if found is None:  # the cache directory is unusable; keep the run going from wherever the files are
+        return _entry(entry if entry.is_dir() else target, meta)
     prune(keep=key)
     return found
 

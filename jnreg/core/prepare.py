@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from jnreg.core import data as data_mod
 from jnreg.core import datacache
 from jnreg.core.config import TrainConfig
 from jnreg.core.plugins import Agent
+from jnreg.errors import DataError
 
 
 @dataclass
@@ -53,8 +56,23 @@ def describe_source(config: TrainConfig, agent: Agent) -> str:
 
 
 def prepare_data(config: TrainConfig, agent: Agent, tokenizer: Any) -> PreparedData:
-    """Check every row as it streams by, then reuse the tokenized rows from the cache or make them."""
+    """The run's rows checked, split and tokenized, or all of that found in the data cache.
+
+    Rows from files are keyed by the files' bytes, so a rerun skips even the row checks; rows
+    from a dataset or a plugin's loader are checked as they stream by and keyed by their content.
+    """
     spec = agent.spec
+    source = describe_source(config, agent)
+    settings = cache_settings(config, agent, tokenizer)
+    files = source_files(config, agent)
+    key = None
+    if files is not None:
+        files_key = datacache.files_digest(files)
+        key = datacache.cache_key({"files": files_key, **settings})
+        entry = datacache.lookup(key)
+        if entry is not None:
+            renderer = data_mod.Renderer(tokenizer, spec.template, config.prompt_template)
+            return PreparedData(source, entry.checked, entry.train, entry.eval, renderer, entry.first_example, True)
     work = datacache.scratch()
     kept_work = False
     try:
@@ -91,46 +109,63 @@ def prepare_data(config: TrainConfig, agent: Agent, tokenizer: Any) -> PreparedD
         else:
             held = data_mod.held_out(train_in.count, config.eval_fraction, config.seed)
         renderer = data_mod.Renderer(tokenizer, spec.template, config.prompt_template)
-        inputs = cache_inputs(config, agent, tokenizer, train_in, eval_in)
-        key = datacache.cache_key(inputs)
-        found = datacache.lookup(key)
-        hit = found is not None
-        if found is None:
+        rows = {
+            "train": {"rows": train_in.count, "identity": train_in.identity},
+            "eval": None if eval_in is None else {"rows": eval_in.count, "identity": eval_in.identity},
+        }
+        inputs = {"rows": rows, **settings} if files is None else {"files": files_key, "rows": rows, **settings}
+        if key is None:
+            key = datacache.cache_key(inputs)
+            entry = datacache.lookup(key)
+        hit = entry is not None
+        if entry is None:
+            first = next(i for i in range(train_in.count) if i not in held)
+            checked = {
+                "train": train_in.summary(),
+                "eval": eval_in.summary() if eval_in else None,
+                "first_example": dataclasses.asdict(train_in.example(first)),
+            }
             counts = datacache.tokenize_to(
                 work, renderer, train_in, eval_in, held, config.max_seq_length, config.overlong
             )
-            found = datacache.store(key, work, counts, inputs)
-            kept_work = work in found[0].path.parents
-        first = next(i for i in range(train_in.count) if i not in held)
-        first_example = train_in.example(first)
+            entry = datacache.store(key, work, counts, checked, inputs)
+            kept_work = work in entry.train.path.parents
     finally:
         if not kept_work:
             datacache.discard(work)
-    train, evaluation = found
-    return PreparedData(describe_source(config, agent), train_in, train, evaluation, renderer, first_example, hit)
+    return PreparedData(source, train_in, entry.train, entry.eval, renderer, entry.first_example, hit)
 
 
-def cache_inputs(
-    config: TrainConfig,
-    agent: Agent,
-    tokenizer: Any,
-    train: datacache.CheckedStream,
-    evaluation: datacache.CheckedStream | None,
-) -> dict[str, Any]:
-    """Everything the tokenized rows depend on: what the cache key digests."""
+def source_files(config: TrainConfig, agent: Agent) -> list[list[Path]] | None:
+    """The training (and evaluation) files when the rows come from files alone, else None."""
+    if agent.spec.load_dataset is not None or config.dataset_name:
+        return None
+    try:
+        if config.train_files:
+            train = data_mod.expand_files(config.train_files)
+        elif agent.spec.sample_data is not None and agent.spec.sample_data.is_file():
+            train = [agent.spec.sample_data]
+        else:
+            return None
+        return [train, data_mod.expand_files(config.eval_files)] if config.eval_files else [train]
+    except (DataError, OSError):
+        return None  # reading the rows reports it, in its place among the other checks
+
+
+def cache_settings(config: TrainConfig, agent: Agent, tokenizer: Any) -> dict[str, Any]:
+    """Everything besides the rows that the checked and tokenized rows depend on."""
     return {
-        "train": {"rows": train.count, "identity": train.identity},
-        "eval": None if evaluation is None else {"rows": evaluation.count, "identity": evaluation.identity},
-        "split": None if evaluation is not None else {"eval_fraction": config.eval_fraction, "seed": config.seed},
+        "split": None if config.eval_files else {"eval_fraction": config.eval_fraction, "seed": config.seed},
         "tokenizer": datacache.tokenizer_fingerprint(tokenizer),
         "base_model": [config.base_model, config.base_model_revision],
         "template": {"system": agent.spec.template.system, "user": agent.spec.template.user},
+        "response_schema": agent.spec.response_schema,
         "prompt_template": config.prompt_template,
         "max_seq_length": config.max_seq_length,
         "overlong": config.overlong,
         "on_bad_row": config.on_bad_row,
         "data_options": datacache.options_document(config.data_options),
-        "eval_options": datacache.options_document(config.eval_options) if evaluation is not None else None,
+        "eval_options": datacache.options_document(config.eval_options) if config.eval_files else None,
     }
 
 
