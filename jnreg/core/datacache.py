@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import shutil
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -284,7 +285,9 @@ def _rendered(
     """Each example with its (prompt, completion) ids, in order; ``processes`` > 1 renders in a pool."""
     import multiprocessing
 
-    if processes <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+    # Forked workers start at once with the tokenizer in place; elsewhere (macOS, Windows), and in a
+    # daemonic process that may not have children, the rows are tokenized here.
+    if processes <= 1 or not sys.platform.startswith("linux") or multiprocessing.current_process().daemon:
         for batch in batches:
             yield from zip(batch, renderer.render_many(batch), strict=True)
         return
