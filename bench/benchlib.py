@@ -49,6 +49,9 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "system": f"{platform.system()} {platform.release()}",
     }
+    if hasattr(os, "getloadavg"):
+        # Timings from a machine busy with other work are slower; say how busy it was.
+        info["load_average_1m"] = round(os.getloadavg()[0], 2)
     try:
         pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
         info["memory_gib"] = round(pages * size / 2**30, 1)

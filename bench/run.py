@@ -181,7 +181,9 @@ def render(results: list[dict[str, Any]], runs: list[dict[str, Any]], command: s
         lines += [
             f"## {res['benchmark']}",
             "",
-            f"`{res['command']}`, {res['date']}, {m.get('cpu', '?')} ({m.get('cores', '?')} cores).",
+            f"`{res['command']}`, {res['date']}, {m.get('cpu', '?')} ({m.get('cores', '?')} cores"
+            + (f", load average {m['load_average_1m']} when it finished" if "load_average_1m" in m else "")
+            + ").",
             "",
             "| figure | jnreg | unit | alternative | alternative's | ratio | better | target | met |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -243,8 +245,18 @@ def main(argv: list[str] | None = None) -> int:
             print(script.stem.removeprefix("bench_"))
         return 0
     benchlib.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    runs = [] if args.report_only else [run_one(script, args.quick, args.timeout) for script in chosen]
     command = " ".join(shlex.quote(a) for a in ["python bench/run.py", *(argv if argv is not None else sys.argv[1:])])
+    last_run = benchlib.RESULTS_DIR / "run.json"
+    if args.report_only:
+        # Keep the last run's command and table: this only redraws the summary.
+        try:
+            previous = json.loads(last_run.read_text(encoding="utf-8"))
+            runs, command = previous["runs"], f"{previous['command']}` (summary redrawn by `{command}"
+        except (OSError, ValueError, KeyError):
+            runs = []
+    else:
+        runs = [run_one(script, args.quick, args.timeout) for script in chosen]
+        last_run.write_text(json.dumps({"command": command, "runs": runs}, indent=2) + "\n", encoding="utf-8")
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(render(collect(), runs, command) + "\n", encoding="utf-8")
     print(f"wrote {DOC.relative_to(REPO)}")
