@@ -101,6 +101,34 @@ def test_base_is_nf4_with_double_quantization_and_labels_mask_the_prompt(builtin
         assert (batch["attention_mask"][row, length:] == 0).all()
 
 
+def _lora_gradients(model, batch) -> dict:
+    model.train()
+    model.zero_grad()
+    model(**batch).loss.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_an_evaluation_leaves_the_training_gradients_unchanged(builtin_agents, tmp_path):
+    """bitsandbytes repacks 4-bit weights on CPU in eval mode; training after an evaluation must not see that."""
+    import torch
+
+    agent = builtin_agents.get("fact_checker")
+    ready = engine.setup(config_for(agent, tmp_path / "out", adapter_dropout=0.0), agent, echo=quiet)
+    trainer = ready.trainer
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    # Nonzero LoRA B, so gradients reach the A matrices and through the frozen 4-bit weights below them.
+    with torch.no_grad():
+        for name, param in trainer.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.05, generator=torch.Generator().manual_seed(len(name)))
+    before = _lora_gradients(trainer.model, batch)
+    trainer.evaluate()
+    after = _lora_gradients(trainer.model, batch)
+    assert before.keys() == after.keys() and before
+    for name in before:
+        torch.testing.assert_close(after[name], before[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_same_seed_gives_the_same_adapter_bytes(builtin_agents, tmp_path):
     agent = builtin_agents.get("fact_checker")
     quick = {"max_train_samples": 8, "epochs": 1.0, "eval_fraction": 0.0}

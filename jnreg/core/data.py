@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import glob
 import hashlib
 import json
@@ -31,13 +32,16 @@ def expand_files(patterns: Iterable[str]) -> list[Path]:
 
 
 def read_file(path: Path) -> Iterator[Record]:
-    """Rows of a JSONL file (one per line) or a JSON file holding a list of rows."""
+    """Rows of a JSONL file (one per line) or a JSON file holding a list of rows.
+
+    A UTF-8 byte-order mark (Windows editors, spreadsheet exports) and CRLF line ends are accepted.
+    """
     source = str(path)
     if path.suffix.lower() != ".json":
         yield from _read_lines(path)
         return
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
@@ -66,32 +70,38 @@ def _binary_lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 def _decoded_lines(path: Path) -> Iterator[str]:
+    """The file's rows as text, each without its line end; a byte-order mark at the start is dropped."""
+    bom = 0
     for offset, raw in _binary_lines(path):
+        if offset == 0 and raw.startswith(codecs.BOM_UTF8):
+            bom = len(codecs.BOM_UTF8)
+            raw = raw[bom:]
         try:
-            yield raw.decode("utf-8")
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {offset + exc.start})") from None
+            # Offsets count from after a byte-order mark, as decoding the whole file with utf-8-sig does.
+            where = offset + exc.start - (bom if offset else 0)
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {where})") from None
+        yield text.removesuffix("\n").removesuffix("\r")
 
 
 def _read_lines(path: Path) -> Iterator[Record]:
     """Rows of a JSONL file, read a line at a time so memory does not grow with the file.
 
-    The whole file is checked to be UTF-8 before the first row, and lines are numbered as
-    ``str.splitlines`` numbers the whole text, so every message is what reading it at once gives.
+    The whole file is checked to be UTF-8 before the first row, so every message is what reading
+    it at once gives. Only "\n" ends a row: str.splitlines would also split at U+2028 and other
+    separators that JSON strings may hold raw.
     """
     for _ in _decoded_lines(path):
         pass
     source = str(path)
-    number = 0
-    for chunk in _decoded_lines(path):
-        for line in chunk.splitlines():
-            number += 1
-            if not line.strip():
-                continue
-            try:
-                yield Record(json.loads(line), source, number)
-            except json.JSONDecodeError as exc:
-                yield Record(None, source, number, problem=f"invalid JSON: {exc.msg} (column {exc.colno})")
+    for number, line in enumerate(_decoded_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield Record(json.loads(line), source, number)
+        except json.JSONDecodeError as exc:
+            yield Record(None, source, number, problem=f"invalid JSON: {exc.msg} (column {exc.colno})")
 
 
 def read_dataset(options: DataOptions) -> Iterator[Record]:
@@ -266,9 +276,7 @@ def check_records(
 ) -> CheckedData:
     """Checked examples; a bad row raises (``fail``) or is counted and named (``skip``)."""
     checked = CheckedData(examples=[])
-    checked.examples.extend(
-        iter_checked(records, options, spec, checked.skipped, on_bad_row=on_bad_row, limit=limit)
-    )
+    checked.examples.extend(iter_checked(records, options, spec, checked.skipped, on_bad_row=on_bad_row, limit=limit))
     return checked
 
 

@@ -11,7 +11,13 @@ from typing import Any
 
 from jnreg.core import preflight
 from jnreg.core.config import TrainConfig
-from jnreg.core.models import hub_token, load_base_model, load_tokenizer, quiet_library_warnings
+from jnreg.core.models import (
+    hub_token,
+    keep_training_layout,
+    load_base_model,
+    load_tokenizer,
+    quiet_library_warnings,
+)
 from jnreg.core.outputs import (
     SUMMARY_FILE,
     build_summary,
@@ -86,6 +92,7 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
 
     set_seed(config.seed)
     model = load_base_model(config.base_model, config.quantization, token=token, revision=config.base_model_revision)
+    keep_training_layout(model)  # evaluations run between training steps
     checkpointing = {"use_reentrant": False}
     if config.quantization != "none":
         model = prepare_model_for_kbit_training(

@@ -167,3 +167,26 @@ def load_base_model(
         revision=revision,
     )
     return model
+
+
+def keep_training_layout(model: Any) -> int:
+    """Keep every 4-bit weight in the layout training computes gradients with, evaluations included.
+
+    On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit weight for fast inference the first time
+    its layer runs in eval mode without gradients, and never packs it back: the gradients that flow
+    through a repacked weight are wrong. A model that evaluates and then trains must never repack.
+    Returns how many 4-bit layers were pinned.
+    """
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return 0
+    pinned = 0
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            if getattr(module.weight.quant_state, "packing_format_for_cpu", False):
+                # The inverse repacking is only approximate for double-quantized weights.
+                raise ModelError("a 4-bit layer was already repacked for inference; load the base model again")
+            module.support_avx512bf16_for_cpu = False
+            pinned += 1
+    return pinned
