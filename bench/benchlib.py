@@ -100,7 +100,7 @@ def write(script: str, out: Path, figures: list[dict[str, Any]], **extra: Any) -
     """Write and print the script's JSON object; ``extra`` keys (settings, notes) ride along."""
     result = {
         "benchmark": Path(script).stem,
-        "command": " ".join(shlex.quote(a) for a in [f"python bench/{Path(script).name}", *sys.argv[1:]]),
+        "command": " ".join([f"python bench/{Path(script).name}", *(shlex.quote(a) for a in sys.argv[1:])]),
         "date": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
         "machine": machine(),
         "figures": figures,

@@ -54,7 +54,9 @@ def pick(names: list[str]) -> list[Path]:
 def run_one(script: Path, quick: bool, timeout: float) -> dict[str, Any]:
     out = benchlib.RESULTS_DIR / f"{script.stem}.json"
     log = benchlib.RESULTS_DIR / f"{script.stem}.log"
-    argv = [sys.executable, str(script), "--out", str(out)] + (["--quick"] if quick else [])
+    # Paths relative to the repository (the scripts run there), so the recorded commands are portable.
+    argv = [sys.executable, str(script.relative_to(REPO)), "--out", str(out.relative_to(REPO))]
+    argv += ["--quick"] if quick else []
     env = dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     print(f"running {script.name}{' --quick' if quick else ''} ...", flush=True)
@@ -245,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             print(script.stem.removeprefix("bench_"))
         return 0
     benchlib.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    command = " ".join(shlex.quote(a) for a in ["python bench/run.py", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join(["python bench/run.py", *(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))])
     last_run = benchlib.RESULTS_DIR / "run.json"
     if args.report_only:
         # Keep the last run's command and table: this only redraws the summary.
