@@ -160,6 +160,12 @@ def render(results: list[dict[str, Any]], runs: list[dict[str, Any]], command: s
         f"{machine['system']}, Python {machine['python']}). The JSON behind each table is in `bench/results/`.",
         "",
     ]
+    if "--quick" in command:
+        lines += [
+            "These are `--quick` sizes, smaller than the ones the targets name (bench_data: 2,000 and 20,000",
+            "rows instead of 20,000 and 200,000); `python bench/run.py` without it measures those.",
+            "",
+        ]
     if runs:
         lines += ["| script | result | seconds |", "|---|---|---|"]
         lines += [f"| {r['script']} | {_cell(r['status'])} | {r['seconds']} |" for r in runs]
@@ -253,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         # Keep the last run's command and table: this only redraws the summary.
         try:
             previous = json.loads(last_run.read_text(encoding="utf-8"))
-            runs, command = previous["runs"], f"{previous['command']}` (summary redrawn by `{command}"
+            runs, command = previous["runs"], f"{previous['command']}` and redrawn by `{command}"
         except (OSError, ValueError, KeyError):
             runs = []
     else:
