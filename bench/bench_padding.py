@@ -4,27 +4,31 @@ The first JustNews trainer padded every row to 2048 tokens. Both variants run he
 side, on the same rows, model and optimizer settings (the built-in tiny model, NF4 + LoRA on
 this machine's device); the result is a ratio, not an absolute time.
 
-    python bench/bench_padding.py [--agent synthesizer] [--steps 6] [--max-seq-length 2048]
+    python bench/bench_padding.py [--agent synthesizer] [--steps 6] [--max-seq-length 2048] [--quick] [--out PATH]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchlib.parser(__file__, __doc__)
     parser.add_argument("--agent", default="synthesizer")
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per variant (6; --quick: 3)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-seq-length", type=int, default=2048)
     args = parser.parse_args()
+    args.steps = args.steps or (3 if args.quick else 6)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -73,17 +77,27 @@ def main() -> None:
                 trainer.training_step(model, inputs)
                 times.append(time.perf_counter() - start)
             results[name] = {"median_step_s": statistics.median(times), "tokens_per_step": tokens / len(batches)}
-    base, fixed = results.values()
-    report = {
-        "device": ready.device,
-        "agent": args.agent,
-        "batch_size": args.batch_size,
-        "steps": len(batches),
-        "results": results,
-        "step_time_ratio_fixed_over_dynamic": fixed["median_step_s"] / base["median_step_s"],
-        "token_ratio_fixed_over_dynamic": fixed["tokens_per_step"] / base["tokens_per_step"],
-    }
-    print(json.dumps(report, indent=2))
+    (base_name, base), (fixed_name, fixed) = results.items()
+    figures = [
+        benchlib.figure(
+            "training step, median (pad each batch to its longest row)",
+            base["median_step_s"],
+            "s",
+            better="lower",
+            alternative=fixed_name,
+            alternative_value=fixed["median_step_s"],
+        ),
+        benchlib.figure(
+            "tokens per step, padding included",
+            base["tokens_per_step"],
+            "tokens",
+            better="lower",
+            alternative=fixed_name,
+            alternative_value=fixed["tokens_per_step"],
+        ),
+    ]
+    settings = {"device": ready.device, "agent": args.agent, "batch_size": args.batch_size, "steps": len(batches)}
+    benchlib.write(__file__, args.out, figures, settings=settings, results=results)
 
 
 if __name__ == "__main__":

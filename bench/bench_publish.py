@@ -4,20 +4,22 @@ The first JustNews publisher copied ``--output_dir`` (checkpoints, optimizer sta
 store with no checksums or locks. Both run here side by side on one real output directory
 (the tiny model trained with checkpoints); the result is a ratio of bytes stored and of time.
 
-    python bench/bench_publish.py [--repeat 5] [--checkpoints 3]
+    python bench/bench_publish.py [--repeat 5] [--checkpoints 3] [--quick] [--out PATH]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
 
 
 def tree_bytes(path: Path) -> int:
@@ -25,10 +27,11 @@ def tree_bytes(path: Path) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=5)
+    parser = benchlib.parser(__file__, __doc__)
+    parser.add_argument("--repeat", type=int, default=None, help="publishes timed (5; --quick: 2)")
     parser.add_argument("--checkpoints", type=int, default=3)
     args = parser.parse_args()
+    args.repeat = args.repeat or (2 if args.quick else 5)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore")
 
@@ -63,15 +66,32 @@ def main() -> None:
             copy_times.append(time.perf_counter() - start)
         stored = tree_bytes(result.path)
         copied = tree_bytes(work_dir / "copies" / "bench-0")
-    report = {
-        "output_dir_bytes": copied,
-        "jnreg_stored_bytes": stored,
-        "bytes_ratio_copy_over_jnreg": copied / stored,
-        "median_s": {"jnreg publish": statistics.median(jnreg_times), "copytree": statistics.median(copy_times)},
-        "time_ratio_jnreg_over_copy": statistics.median(jnreg_times) / statistics.median(copy_times),
-        "note": "jnreg publish also hashes, fsyncs, validates, locks, swaps current and rewrites the map",
-    }
-    print(json.dumps(report, indent=2))
+    jnreg_s, copy_s = statistics.median(jnreg_times), statistics.median(copy_times)
+    figures = [
+        benchlib.figure(
+            "bytes stored per published version",
+            stored,
+            "bytes",
+            better="lower",
+            alternative="copying the whole output directory (checkpoints included)",
+            alternative_value=copied,
+        ),
+        benchlib.figure(
+            "publish time, median",
+            jnreg_s,
+            "s",
+            better="lower",
+            alternative="shutil.copytree of the output directory",
+            alternative_value=copy_s,
+        ),
+    ]
+    benchlib.write(
+        __file__,
+        args.out,
+        figures,
+        settings={"repeat": args.repeat, "checkpoints": args.checkpoints},
+        note="jnreg publish also hashes, fsyncs, validates, locks, swaps current and rewrites the map",
+    )
 
 
 if __name__ == "__main__":

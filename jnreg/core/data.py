@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import glob
 import hashlib
 import json
@@ -36,28 +37,65 @@ def read_file(path: Path) -> Iterator[Record]:
     A UTF-8 byte-order mark (Windows editors, spreadsheet exports) and CRLF line ends are accepted.
     """
     source = str(path)
+    if path.suffix.lower() != ".json":
+        yield from _read_lines(path)
+        return
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise DataError(f"{source}: cannot read: {exc.strerror}") from None
-    if path.suffix.lower() == ".json":
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{source}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    if isinstance(rows, dict) and isinstance(rows.get("data"), list):
+        rows = rows["data"]
+    if not isinstance(rows, list):
+        raise DataError(f"{source}: a .json data file must hold a list of rows")
+    for index, row in enumerate(rows, start=1):
+        yield Record(row, source, index, unit="row ")
+
+
+def _binary_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    try:
+        with path.open("rb") as handle:
+            offset = 0
+            for raw in handle:  # splits on b"\n" only, which never occurs inside a UTF-8 sequence
+                yield offset, raw
+                offset += len(raw)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _decoded_lines(path: Path) -> Iterator[str]:
+    """The file's rows as text, each without its line end; a byte-order mark at the start is dropped."""
+    bom = 0
+    for offset, raw in _binary_lines(path):
+        if offset == 0 and raw.startswith(codecs.BOM_UTF8):
+            bom = len(codecs.BOM_UTF8)
+            raw = raw[bom:]
         try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{source}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-        if isinstance(rows, dict) and isinstance(rows.get("data"), list):
-            rows = rows["data"]
-        if not isinstance(rows, list):
-            raise DataError(f"{source}: a .json data file must hold a list of rows")
-        for index, row in enumerate(rows, start=1):
-            yield Record(row, source, index, unit="row ")
-        return
-    # Only "\n" ends a row: str.splitlines would also split at U+2028 and other separators that JSON
-    # strings may hold raw.
-    for number, line in enumerate(text.split("\n"), start=1):
-        line = line.removesuffix("\r")
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            # Offsets count from after a byte-order mark, as decoding the whole file with utf-8-sig does.
+            where = offset + exc.start - (bom if offset else 0)
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {where})") from None
+        yield text.removesuffix("\n").removesuffix("\r")
+
+
+def _read_lines(path: Path) -> Iterator[Record]:
+    """Rows of a JSONL file, read a line at a time so memory does not grow with the file.
+
+    The whole file is checked to be UTF-8 before the first row, so every message is what reading
+    it at once gives. Only "\n" ends a row: str.splitlines would also split at U+2028 and other
+    separators that JSON strings may hold raw.
+    """
+    for _ in _decoded_lines(path):
+        pass
+    source = str(path)
+    for number, line in enumerate(_decoded_lines(path), start=1):
         if not line.strip():
             continue
         try:
@@ -146,6 +184,15 @@ def _string_field(row: Mapping[str, Any], name: str) -> str:
     return value
 
 
+def row_line(example: Example) -> str:
+    """The row as it was checked, as one JSONL line: ``{"prompt", "response"}`` or ``{"text"}``."""
+    if example.text is not None:
+        row = {"text": example.text}
+    else:
+        row = {"prompt": example.prompt, "response": example.response}
+    return json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n"
+
+
 def check_row(record: Record, options: DataOptions, response_validator: Any | None) -> Example:
     """The row as an Example, or ValueError saying what is wrong with it."""
     if record.problem:
@@ -196,6 +243,38 @@ class CheckedData:
         return digest.hexdigest()
 
 
+def iter_checked(
+    records: Iterable[Record],
+    options: DataOptions,
+    spec: AgentSpec,
+    skipped: list[str],
+    *,
+    on_bad_row: str = "fail",
+    limit: int | None = None,
+) -> Iterator[Example]:
+    """Checked examples one at a time; a bad row raises (``fail``) or is appended to ``skipped``."""
+    validator = None
+    if spec.response_schema is not None:
+        from jsonschema import Draft202012Validator
+
+        validator = Draft202012Validator(spec.response_schema)
+    count = 0
+    for record in records:
+        if limit is not None and count >= limit:
+            break
+        try:
+            example = check_row(record, options, validator)
+        except ValueError as exc:
+            if on_bad_row == "fail":
+                raise DataError(f"{record.where}: {exc} (use --on-bad-row skip to skip bad rows)") from None
+            skipped.append(f"{record.where}: {exc}")
+            continue
+        count += 1
+        yield example
+    if not count:
+        raise DataError("no usable training rows" + (f"; {len(skipped)} skipped" if skipped else ""))
+
+
 def check_records(
     records: Iterable[Record],
     options: DataOptions,
@@ -205,34 +284,25 @@ def check_records(
     limit: int | None = None,
 ) -> CheckedData:
     """Checked examples; a bad row raises (``fail``) or is counted and named (``skip``)."""
-    validator = None
-    if spec.response_schema is not None:
-        from jsonschema import Draft202012Validator
-
-        validator = Draft202012Validator(spec.response_schema)
     checked = CheckedData(examples=[])
-    for record in records:
-        if limit is not None and len(checked.examples) >= limit:
-            break
-        try:
-            checked.examples.append(check_row(record, options, validator))
-        except ValueError as exc:
-            if on_bad_row == "fail":
-                raise DataError(f"{record.where}: {exc} (use --on-bad-row skip to skip bad rows)") from None
-            checked.skipped.append(f"{record.where}: {exc}")
-    if not checked.examples:
-        raise DataError("no usable training rows" + (f"; {len(checked.skipped)} skipped" if checked.skipped else ""))
+    checked.examples.extend(iter_checked(records, options, spec, checked.skipped, on_bad_row=on_bad_row, limit=limit))
     return checked
+
+
+def held_out(count: int, fraction: float, seed: int) -> set[int]:
+    """Indices of the rows held out for evaluation: a seeded random ``fraction`` (at least one, never all)."""
+    if fraction <= 0 or count < 2:
+        return set()
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    return set(order[: min(count - 1, max(1, math.ceil(count * fraction)))])
 
 
 def split_eval(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
     """Hold out a seeded random ``fraction`` of the rows for evaluation (at least one, never all)."""
-    if fraction <= 0 or len(examples) < 2:
+    held = held_out(len(examples), fraction, seed)
+    if not held:
         return examples, []
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    count = min(len(examples) - 1, max(1, math.ceil(len(examples) * fraction)))
-    held = set(order[:count])
     train = [e for i, e in enumerate(examples) if i not in held]
     return train, [e for i, e in enumerate(examples) if i in held]
 
@@ -320,6 +390,35 @@ class Renderer:
         completion_ids = joint[len(prompt_ids) :] if joint[: len(prompt_ids)] == prompt_ids else self._ids(answer)
         return self._with_one_bos(prompt_ids), self._with_eos(completion_ids)
 
+    def render_many(self, examples: list[Example]) -> list[tuple[list[int], list[int]]]:
+        """``render`` of each example, with one batched tokenizer call for them all."""
+        texts: list[str] = []
+        answers: list[str | None] = []
+        for example in examples:
+            if example.text is not None:
+                texts.append(example.text)
+                answers.append(None)
+                continue
+            assert example.prompt is not None and example.response is not None
+            prompt_text = self.serving_prompt(example.prompt)
+            answer = self._answer_framing(example.prompt, example.response, prompt_text)
+            texts.extend((prompt_text, prompt_text + answer))
+            answers.append(answer)
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        out: list[tuple[list[int], list[int]]] = []
+        position = 0
+        for answer in answers:
+            if answer is None:
+                out.append(([], self._with_eos(self._with_one_bos(encoded[position]))))
+                position += 1
+                continue
+            prompt_ids, joint = encoded[position], encoded[position + 1]
+            position += 2
+            ok = joint[: len(prompt_ids)] == prompt_ids
+            completion_ids = joint[len(prompt_ids) :] if ok else self._ids(answer)
+            out.append((self._with_one_bos(prompt_ids), self._with_eos(completion_ids)))
+        return out
+
 
 @dataclass
 class Tokenized:
@@ -338,26 +437,44 @@ class Tokenized:
         return sum(sum(r["completion_mask"]) for r in self.rows)
 
 
+def fit(prompt: list[int], completion: list[int], max_length: int, overlong: str) -> list[int] | None:
+    """The prompt to keep for a row over ``max_length`` tokens (left-truncated), or None to drop the row."""
+    if len(prompt) + len(completion) <= max_length:
+        return prompt
+    room = max_length - len(completion)
+    if overlong == "drop" or not prompt or room < 2:
+        return None
+    # Keep BOS, drop the oldest prompt tokens: the end of the prompt is what the answer follows.
+    return [prompt[0], *prompt[len(prompt) - room + 1 :]]
+
+
+def too_long(where: str, prompt: list[int], completion: list[int], max_length: int) -> str:
+    return f"{where}: {len(prompt) + len(completion)} tokens > {max_length}"
+
+
+def no_rows_fit(max_length: int) -> DataError:
+    return DataError(f"every row is longer than max_seq_length={max_length} tokens")
+
+
 def tokenize(examples: list[Example], renderer: Renderer, max_length: int, overlong: str = "truncate") -> Tokenized:
     """Token ids and completion masks; over-long rows are left-truncated in the prompt or dropped."""
     out = Tokenized(rows=[])
     for example in examples:
         prompt, completion = renderer.render(example)
-        if len(prompt) + len(completion) > max_length:
-            room = max_length - len(completion)
-            if overlong == "drop" or not prompt or room < 2:
-                out.dropped.append(f"{example.where}: {len(prompt) + len(completion)} tokens > {max_length}")
-                continue
-            # Keep BOS, drop the oldest prompt tokens: the end of the prompt is what the answer follows.
-            prompt = [prompt[0], *prompt[len(prompt) - room + 1 :]]
+        kept = fit(prompt, completion, max_length, overlong)
+        if kept is None:
+            out.dropped.append(too_long(example.where, prompt, completion, max_length))
+            continue
+        if kept is not prompt:
             out.truncated.append(example.where)
+        prompt = kept
         out.prompt_tokens += len(prompt)
         out.response_tokens += len(completion)
         out.rows.append(
             {"input_ids": prompt + completion, "completion_mask": [0] * len(prompt) + [1] * len(completion)}
         )
     if not out.rows:
-        raise DataError(f"every row is longer than max_seq_length={max_length} tokens")
+        raise no_rows_fit(max_length)
     return out
 
 

@@ -76,7 +76,6 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
 
     import datasets
     import torch
-    from datasets import Dataset
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import EarlyStoppingCallback, set_seed
     from trl import SFTConfig, SFTTrainer
@@ -164,8 +163,8 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
         disable_tqdm=False,
         include_num_input_tokens_seen="non_padding",
     )
-    train_dataset = Dataset.from_list(prepared.train.rows)
-    eval_dataset = Dataset.from_list(prepared.eval.rows) if prepared.eval else None
+    train_dataset = prepared.train.dataset  # Arrow, memory-mapped from the data cache
+    eval_dataset = prepared.eval.dataset if prepared.eval else None
     extra = list(callbacks)
     if has_eval and config.early_stopping_patience is not None:
         extra.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
@@ -205,12 +204,12 @@ def _final_eval_loss(trainer: Any) -> float:
 
 def _save_eval_rows(output_dir: Path, prepared: PreparedData) -> None:
     """The held-out rows beside the adapter, so they are published with it and `jnreg eval` finds them."""
-    from jnreg.core.evaluate import EVAL_ROWS_FILE, eval_rows_text
+    from jnreg.core.evaluate import EVAL_ROWS_FILE
     from jnreg.fsutil import atomic_write
 
     path = output_dir / EVAL_ROWS_FILE
-    if prepared.eval_examples:
-        atomic_write(path, eval_rows_text(prepared.eval_examples).encode("utf-8"))
+    if prepared.eval_rows is not None:
+        atomic_write(path, prepared.eval_rows.read_bytes())
     else:
         path.unlink(missing_ok=True)  # a rerun without eval rows must not publish an older run's
 

@@ -23,18 +23,6 @@ from jnreg.errors import DataError
 EVAL_ROWS_FILE = "eval_rows.jsonl"
 
 
-def eval_rows_text(examples: Iterable[data_mod.Example]) -> str:
-    """JSONL of the rows as they were checked: ``{"prompt", "response"}`` or ``{"text"}`` per line."""
-    lines = []
-    for example in examples:
-        if example.text is not None:
-            row = {"text": example.text}
-        else:
-            row = {"prompt": example.prompt, "response": example.response}
-        lines.append(json.dumps(row, ensure_ascii=False, sort_keys=True))
-    return "".join(line + "\n" for line in lines)
-
-
 def read_eval_rows(files: Sequence[str | Path], spec: AgentSpec, options: DataOptions | None = None) -> list:
     """Every row of ``files``, checked as for training; any bad row, a reference failing the schema too, fails."""
     options = options or DataOptions()

@@ -20,6 +20,7 @@ SCHEMA_NAMES = (
     "object_intent",
     "evaluation",
     "eval_row",
+    "data_cache",
 )
 
 
