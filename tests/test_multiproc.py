@@ -131,7 +131,8 @@ def test_accelerate_launch_runs_jnreg_as_a_module(tmp_path):
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
         *launch.launcher_args(2, ["train", "fact_checker", "--model_name_or_path", TINY, "--output-dir", str(out),
-                                  "--max-train-samples", "8", "--dry-run", "--json"], threads=1),
+                                  "--max-train-samples", "8", "--train-batch-size", "1",
+                                  "--gradient-accumulation", "8", "--dry-run", "--json"], threads=1),
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, env=_launch_env(), timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -146,7 +147,8 @@ def test_dry_run_states_the_processes_and_the_global_batch(builtin_agents, tmp_p
     done = CliRunner().invoke(
         cli,
         ["train", "fact_checker", "--model_name_or_path", TINY, "--output-dir", str(tmp_path / "o"),
-         "--max-train-samples", "4", "--processes", "3", "--train-batch-size", "2", "--dry-run"],
+         "--max-train-samples", "4", "--processes", "3", "--train-batch-size", "2", "--gradient-accumulation", "8",
+         "--dry-run"],
     )  # fmt: skip
     assert done.exit_code == 0, done.output
     assert "processes=3" in done.output
