@@ -53,7 +53,7 @@ def row_attention(
             scaling,
             **kwargs,
         )[0]
-        for start, end in zip(cuts[:-1], cuts[1:])
+        for start, end in zip(cuts[:-1], cuts[1:], strict=True)
         if end > start
     ]
     return torch.cat(pieces, dim=1), None
