@@ -133,9 +133,11 @@ def build_model(directory: Path) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def run_measured(argv: list[str], log: Path) -> tuple[float, int, int]:
+def run_measured(argv: list[str], log: Path, threads: int | None = None) -> tuple[float, int, int]:
     """Run a command; its wall clock, exit status and peak RSS in bytes (its own, from wait4)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     with log.open("w") as out:
         start = time.perf_counter()
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -259,7 +261,7 @@ def machine() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=256, help="Training rows (another 10%% are held out).")
-    parser.add_argument("--quick", action="store_true", help="64 rows: a smoke run, not a measurement.")
+    parser.add_argument("--quick", action="store_true", help="32 rows: a smoke run, not a measurement.")
     parser.add_argument("--out", type=Path, default=Path("bench/results") / f"{Path(__file__).stem}.json")
     parser.add_argument("--sequential", action="store_true", help="Run jnreg, then the peer (default: together).")
     parser.add_argument("--peer-in", type=Path, help=argparse.SUPPRESS)
@@ -268,7 +270,7 @@ def main() -> None:
         peer(args.peer_in)
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    rows = 64 if args.quick else args.rows
+    rows = 32 if args.quick else args.rows
     held_out = max(4, rows // 10)
 
     with tempfile.TemporaryDirectory(prefix="jnreg-bench-train-") as tmp:
@@ -298,8 +300,11 @@ def main() -> None:
         else:
             # Side by side, so both see the same load from whatever else runs on the machine.
             with ThreadPoolExecutor(2) as pool:
+                # Half the cores each: oversubscribed OpenMP threads spin and skew the comparison.
+                threads = max(1, (os.cpu_count() or 2) // 2)
                 futures = {
-                    side: pool.submit(run_measured, argv, work / f"{side}.log") for side, argv in commands.items()
+                    side: pool.submit(run_measured, argv, work / f"{side}.log", threads)
+                    for side, argv in commands.items()
                 }
                 done = {side: future.result() for side, future in futures.items()}
         for side, (_, code, _) in done.items():
