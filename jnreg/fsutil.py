@@ -88,21 +88,87 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+# Files this large are copied by the kernel while a second thread hashes what was written.
+KERNEL_COPY_MIN = 8 * CHUNK
+KERNEL_COPY_STEP = 16 * CHUNK
+
+
 def copy_new_file(source: Path, target: Path) -> tuple[int, str]:
-    """Copy ``source`` to a ``target`` that must not exist yet, fsync it; return (size, sha256)."""
-    digest = hashlib.sha256()
-    size = 0
+    """Copy ``source`` to a ``target`` that must not exist yet, fsync it; return (size, sha256) of the copy."""
     # O_NOFOLLOW: a source file swapped for a symlink after it was checked is refused, not copied.
     with os.fdopen(os.open(source, os.O_RDONLY | os.O_NOFOLLOW), "rb") as handle:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            while chunk := handle.read(CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-                write_all(fd, chunk)
+            if os.fstat(handle.fileno()).st_size >= KERNEL_COPY_MIN and hasattr(os, "copy_file_range"):
+                found = _kernel_copy(handle.fileno(), fd)
+            else:
+                found = _plain_copy(handle, fd)
             os.fsync(fd)
         finally:
             os.close(fd)
+    return found
+
+
+def _plain_copy(handle: Any, fd: int) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := handle.read(CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+        write_all(fd, chunk)
+    return size, digest.hexdigest()
+
+
+def _kernel_copy(source_fd: int, fd: int) -> tuple[int, str]:
+    """copy_file_range in steps; a thread hashes each step as read back from the copy, so the hash is of what
+    was stored and the hashing overlaps the copying."""
+    import queue
+    import threading
+
+    digest = hashlib.sha256()
+    steps: queue.Queue[tuple[int, int] | None] = queue.Queue()
+    failed: list[BaseException] = []
+
+    def hash_copy() -> None:
+        try:
+            while (step := steps.get()) is not None:
+                offset, length = step
+                while length:
+                    data = os.pread(fd, min(length, 4 * CHUNK), offset)
+                    if not data:
+                        raise OSError(f"copy is shorter than written at offset {offset}")
+                    digest.update(data)
+                    offset += len(data)
+                    length -= len(data)
+        except BaseException as exc:  # re-raised in the copying thread
+            failed.append(exc)
+            while steps.get() is not None:
+                pass
+
+    hasher = threading.Thread(target=hash_copy, daemon=True)
+    hasher.start()
+    size = 0
+    try:
+        while True:
+            try:
+                done = os.copy_file_range(source_fd, fd, KERNEL_COPY_STEP)
+            except OSError:
+                if size:
+                    raise
+                steps.put(None)
+                hasher.join()
+                os.lseek(source_fd, 0, os.SEEK_SET)
+                with os.fdopen(os.dup(source_fd), "rb") as handle:
+                    return _plain_copy(handle, fd)  # a filesystem pair that cannot copy in the kernel
+            if not done:
+                break
+            steps.put((size, done))
+            size += done
+    finally:
+        steps.put(None)
+        hasher.join()
+    if failed:
+        raise failed[0]
     return size, digest.hexdigest()
 
 

@@ -205,7 +205,25 @@ def _gc(root: str, agent: str, keep: str) -> None:
     ModelStore(root).gc(agent, int(keep))
 
 
-ROLES = {"publish": _publish, "watch": _watch, "hold-lock": _hold_lock, "promote": _promote, "gc": _gc}
+def _flip(root: str, agent: str, *versions: str) -> None:
+    """Promote each of ``versions`` in turn, rolling back after each: a writer that keeps moving `current`."""
+    from jnreg.registry import ModelStore
+
+    store = ModelStore(root)
+    for version in versions:
+        store.promote(agent, version)
+        store.rollback(agent)
+    print(json.dumps({"done": len(versions)}))
+
+
+ROLES = {
+    "publish": _publish,
+    "watch": _watch,
+    "hold-lock": _hold_lock,
+    "promote": _promote,
+    "gc": _gc,
+    "flip": _flip,
+}
 
 if __name__ == "__main__":
     ROLES[sys.argv[1]](*sys.argv[2:])

@@ -93,6 +93,30 @@ def test_file_level_problems(tmp_path, builtin_agents):
         read(str(empty))
 
 
+def test_byte_order_mark_and_crlf_are_accepted_with_line_numbers_unchanged(tmp_path, builtin_agents):
+    spec = builtin_agents.get("fact_checker").spec
+    separator = dict(GOOD, prompt=GOOD["prompt"] + "\u2028Quoted as-is.\u2029")
+    rows = [line(GOOD), "", json.dumps(separator, ensure_ascii=False), line(GOOD)]
+    jsonl = tmp_path / "excel.jsonl"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(rows).encode() + b"\r\n")
+    as_json = tmp_path / "notepad.json"
+    as_json.write_bytes(b"\xef\xbb\xbf" + json.dumps([GOOD, GOOD], indent=1).replace("\n", "\r\n").encode())
+    options = DataOptions(train_files=(str(jsonl), str(as_json)))
+    checked = data.check_records(data.load_records(spec, options), options, spec)
+    assert [e.where for e in checked.examples] == [
+        f"{jsonl}:1",
+        f"{jsonl}:3",
+        f"{jsonl}:4",
+        f"{as_json}:row 1",
+        f"{as_json}:row 2",
+    ]
+    assert checked.examples[1].prompt == separator["prompt"] and checked.examples[0].prompt == GOOD["prompt"]
+
+    jsonl.write_bytes(b"\xef\xbb\xbf" + "\r\n".join([line(GOOD), line(GOOD), '{"prompt": ']).encode())
+    with pytest.raises(DataError, match=rf"{jsonl.name}:3: invalid JSON"):
+        data.check_records(data.load_records(spec, options), options, spec)
+
+
 def test_globs_json_files_and_max_samples(tmp_path, builtin_agents):
     spec = builtin_agents.get("fact_checker").spec
     (tmp_path / "a.jsonl").write_text("\n".join([line(GOOD)] * 3), encoding="utf-8")

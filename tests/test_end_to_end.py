@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,12 @@ def published(tmp_path_factory) -> Path:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "step " in done.stdout and "loss" in done.stdout, "no periodic loss lines"
+    assert "\r" not in done.stdout + done.stderr and "\x1b" not in done.stdout + done.stderr
     assert "published synthesizer v" in done.stdout
+    # The quick start uses the built-in model's own settings, says so, and visibly learns.
+    assert "note: jnreg:tiny-mistral is the built-in demo model" in done.stdout
+    before, after = map(float, re.search(r"eval loss (\d+\.\d+) -> (\d+\.\d+)", done.stdout).groups())
+    assert after <= 0.9 * before, (before, after)
     return root
 
 

@@ -226,6 +226,22 @@ def test_settings_precedence_core_plugin_file_flags(builtin_agents, tmp_path):
         read_config_file(config_file)
 
 
+def test_the_builtin_model_trains_with_its_own_settings_unless_the_user_sets_them(builtin_agents, tmp_path):
+    from jnreg.core.config import BUILTIN_MODEL_SETTINGS
+
+    spec = builtin_agents.get("synthesizer").spec
+    hub = build_config(spec, {}, {})
+    assert hub.builtin_settings == () and hub.learning_rate == 2e-4 and hub.gradient_accumulation == 8
+    tiny = build_config(spec, {}, {"base_model": TINY, "output_dir": str(tmp_path / "out")})
+    assert {k: getattr(tiny, k) for k in tiny.builtin_settings} == BUILTIN_MODEL_SETTINGS
+    mine = build_config(spec, {"epochs": 1.0}, {"base_model": TINY, "learning_rate": 1e-3})
+    assert (mine.learning_rate, mine.epochs) == (1e-3, 1.0)
+    assert set(mine.builtin_settings) == set(BUILTIN_MODEL_SETTINGS) - {"learning_rate", "epochs"}
+    # The saved config holds the values themselves, so a rerun from it trains the same way.
+    saved = tiny.to_document()
+    assert "builtin_settings" not in saved and saved["learning_rate"] == BUILTIN_MODEL_SETTINGS["learning_rate"]
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

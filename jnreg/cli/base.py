@@ -17,8 +17,25 @@ from jnreg.errors import JnregError
 class Settings:
     """Options every command shares, taken from the root group."""
 
-    store_root: Path | None
+    store_root: Path | str | None
     agent_map: Path | None
+    agent_map_given: bool = False
+
+
+class StoreRoot(click.ParamType):
+    """A local directory, or ``s3://bucket/prefix`` for a store in object storage (kept as a string)."""
+
+    name = "directory|s3://bucket/prefix"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path | str:
+        if isinstance(value, Path):
+            return value
+        text = str(value)
+        if text.startswith("s3://"):
+            return text
+        if "://" in text:
+            self.fail(f"{text!r}: only local directories and s3:// roots are supported", param, ctx)
+        return Path(text)
 
 
 class JnregGroup(click.Group):
@@ -50,4 +67,7 @@ def open_store(ctx: click.Context, root: Path | str | None = None) -> Any:
     root = root or shared.store_root
     if root is None:
         click.echo(f"note: no --store-root or MODEL_STORE_ROOT; using ./{DEFAULT_ROOT}", err=True)
-    return ModelStore(root, shared.agent_map)
+    agent_map = shared.agent_map
+    if str(root).startswith("s3://") and not shared.agent_map_given:
+        agent_map = None  # an AGENT_MODEL_MAP in the environment names a local map; an object store has its own
+    return ModelStore(root, agent_map)

@@ -8,7 +8,7 @@ import click
 
 from jnreg import __version__
 from jnreg.cli.agents import agents
-from jnreg.cli.base import JnregGroup, Settings
+from jnreg.cli.base import JnregGroup, Settings, StoreRoot
 from jnreg.cli.generate import generate
 from jnreg.cli.store import store
 from jnreg.cli.train import train
@@ -19,8 +19,8 @@ from jnreg.cli.train import train
 @click.option(
     "--store-root",
     envvar="MODEL_STORE_ROOT",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="ModelStore root [env MODEL_STORE_ROOT; default ./model_store].",
+    type=StoreRoot(),
+    help="ModelStore root: a directory or s3://bucket/prefix [env MODEL_STORE_ROOT; default ./model_store].",
 )
 @click.option(
     "--agent-map",
@@ -29,9 +29,10 @@ from jnreg.cli.train import train
     help="AGENT_MODEL_MAP.json to keep up to date [env AGENT_MODEL_MAP; default <store-root>/AGENT_MODEL_MAP.json].",
 )
 @click.pass_context
-def cli(ctx: click.Context, store_root: Path | None, agent_map: Path | None) -> None:
+def cli(ctx: click.Context, store_root: Path | str | None, agent_map: Path | None) -> None:
     """Train, store and find the JustNews agents' LoRA adapters."""
-    ctx.obj = Settings(store_root=store_root, agent_map=agent_map)
+    given = ctx.get_parameter_source("agent_map") == click.core.ParameterSource.COMMANDLINE
+    ctx.obj = Settings(store_root=store_root, agent_map=agent_map, agent_map_given=given)
 
 
 cli.add_command(agents)

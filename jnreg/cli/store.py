@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
 
-from jnreg.cli.base import echo_json, open_store
+from jnreg.cli.base import StoreRoot, echo_json, open_store, settings
 from jnreg.errors import IntegrityError, StoreError
 
 
@@ -258,3 +259,36 @@ def history(ctx: click.Context, agent: str, as_json: bool) -> None:
     for entry in entries:
         moved = f"  current {entry['previous'] or '-'} -> {entry['current'] or '-'}"
         click.echo(f"{entry['when']}  {entry['action']:<8} {entry['version']}{moved}  by {entry['who']}")
+
+
+@store.command("pull")
+@click.argument("source", type=StoreRoot())
+@click.argument("local_root", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("agents", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="Every version, not only the ones in service.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def pull(
+    ctx: click.Context, source: str, local_root: Path, agents: tuple[str, ...], every: bool, as_json: bool
+) -> None:
+    """Mirror AGENTS' versions in service (default: every agent) from SOURCE (s3://…) into LOCAL_ROOT.
+
+    Every file's sha256 is checked, versions already there are not fetched again, and LOCAL_ROOT's
+    AGENT_MODEL_MAP.json (or --agent-map) is written last, in one atomic replace.
+    """
+    from jnreg.registry import ModelStore
+    from jnreg.registry.pull import pull as pull_versions
+
+    if not str(source).startswith("s3://"):
+        raise StoreError(f"SOURCE must be an object store (s3://bucket/prefix), not {source}")
+    result = pull_versions(
+        ModelStore(source), ModelStore(local_root, settings(ctx).agent_map), list(agents), every=every
+    )
+    if as_json:
+        echo_json({"source": source, "root": str(local_root), **asdict(result)})
+        return
+    for item in result.fetched:
+        click.echo(f"fetched {item}")
+    for agent, current in result.current.items():
+        click.echo(f"{agent}: {current or '-'} in service")
+    click.echo(f"{len(result.fetched)} version(s) fetched, {len(result.kept)} already there")

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from jnreg.cli.base import echo_json, open_store
+from jnreg.cli.base import StoreRoot, echo_json, open_store
 from jnreg.errors import ConfigError
 
 # Options that take several values after one flag, as the guide writes them
@@ -99,7 +99,7 @@ def _choice(*values: str) -> click.Choice:
 @click.option(
     "--store-root",
     "train_store_root",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=StoreRoot(),
     help="ModelStore root for --publish (same as the global option).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON at the end.")
@@ -110,7 +110,7 @@ def train(
     agent_opt: str | None,
     config_file: Path | None,
     as_json: bool,
-    train_store_root: Path | None,
+    train_store_root: Path | str | None,
     **flags: Any,
 ) -> None:
     """Fine-tune AGENT's LoRA adapter with QLoRA (4-bit NF4 base + LoRA)."""
@@ -164,6 +164,12 @@ def _print_config(config: Any, echo: Any) -> None:
     echo(f"training {config.agent} adapter {config.adapter_name!r} on {config.base_model}")
     echo(f"effective config (saved as {Path(config.output_dir) / CONFIG_FILE}):")
     echo(textwrap.fill(settings_text, width=100, initial_indent="  ", subsequent_indent="  "))
+    if config.builtin_settings:
+        chosen = ", ".join(f"{key}={getattr(config, key)}" for key in config.builtin_settings)
+        echo(
+            f"note: {config.base_model} is the built-in demo model, so it trains with settings made for it, "
+            f"not the 7B defaults: {chosen} (set any of them to change it)"
+        )
 
 
 def _store_for(ctx: click.Context, config: Any) -> Any:

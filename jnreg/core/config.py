@@ -15,7 +15,16 @@ from jnreg.schemas import errors as schema_errors
 CONFIG_FILE = "jnreg_config.json"
 CONFIG_SCHEMA_VERSION = 1
 # Settings that say what to do with a run rather than how to train; never saved for a rerun.
-ACTIONS = ("dry_run", "resume", "publish", "adapter_version", "store_root")
+ACTIONS = ("dry_run", "resume", "publish", "adapter_version", "store_root", "builtin_settings")
+# What the built-in model trains with when the user sets none of these. The 7B defaults barely move a
+# model of its size (eval loss 8.34 -> 8.33 in the quick start); these show it learning in seconds.
+BUILTIN_MODEL_SETTINGS: dict[str, Any] = {
+    "learning_rate": 3e-3,
+    "epochs": 6.0,
+    "train_batch_size": 4,
+    "eval_batch_size": 4,
+    "gradient_accumulation": 1,
+}
 # The guide's and other spellings a config file may use.
 ALIASES = {
     "model_name_or_path": "base_model",
@@ -68,6 +77,9 @@ class TrainConfig(Hyperparameters):
     publish: bool = field(default=False, metadata={"help": "Publish to the ModelStore after training."})
     adapter_version: str | None = field(default=None, metadata={"help": "Version label when publishing."})
     store_root: str | None = field(default=None, metadata={"help": "ModelStore root when publishing."})
+    builtin_settings: tuple[str, ...] = field(
+        default=(), metadata={"help": "Settings taken from the built-in model's own, not from the defaults."}
+    )
 
     def __post_init__(self) -> None:
         for name in ("train_files", "eval_files", "target_modules"):
@@ -167,9 +179,12 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 def build_config(spec: AgentSpec, file_values: dict[str, Any], flag_values: dict[str, Any]) -> TrainConfig:
     """Core defaults < the agent plugin's defaults < the config file < the flags given."""
-    values: dict[str, Any] = asdict(spec.defaults)
-    values.update(file_values)
-    values.update({k: v for k, v in flag_values.items() if v is not None})
+    from jnreg.core.models import is_builtin
+
+    chosen = {**file_values, **{k: v for k, v in flag_values.items() if v is not None}}
+    values: dict[str, Any] = asdict(spec.defaults) | chosen
+    tuned = tuple(k for k in BUILTIN_MODEL_SETTINGS if k not in chosen) if is_builtin(values["base_model"]) else ()
+    values.update({k: BUILTIN_MODEL_SETTINGS[k] for k in tuned}, builtin_settings=tuned)
     values["agent"] = spec.name
     if not values.get("adapter_name"):
         values["adapter_name"] = spec.default_adapter_name

@@ -31,10 +31,13 @@ def expand_files(patterns: Iterable[str]) -> list[Path]:
 
 
 def read_file(path: Path) -> Iterator[Record]:
-    """Rows of a JSONL file (one per line) or a JSON file holding a list of rows."""
+    """Rows of a JSONL file (one per line) or a JSON file holding a list of rows.
+
+    A UTF-8 byte-order mark (Windows editors, spreadsheet exports) and CRLF line ends are accepted.
+    """
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
@@ -51,7 +54,10 @@ def read_file(path: Path) -> Iterator[Record]:
         for index, row in enumerate(rows, start=1):
             yield Record(row, source, index, unit="row ")
         return
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a row: str.splitlines would also split at U+2028 and other separators that JSON
+    # strings may hold raw.
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:

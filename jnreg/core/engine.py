@@ -80,7 +80,7 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
 
     from jnreg.core.packed_trainer import PackedSFTTrainer
     from jnreg.core.packing import PackedCollator, can_pack, install_row_attention
-    from jnreg.core.progress import LossLines
+    from jnreg.core.progress import TrainingDisplay
 
     datasets.disable_progress_bars()  # the data report says what these map steps would
     quiet_library_warnings()
@@ -186,7 +186,7 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
         if type(callback).__name__ == "TensorBoardCallback" and callback.logging_dir is None:
             # Otherwise the evaluation before training opens a writer in ./runs, not in the output dir.
             callback.logging_dir = str(output_dir / "runs")
-    LossLines.install(trainer, echo)
+    TrainingDisplay.install(trainer, echo)
     return Setup(trainer, prepared, tokenizer, report.device, resume_from)
 
 

@@ -39,23 +39,33 @@ def read_map(path: Path) -> dict[str, Any] | None:
         raise IntegrityError(f"agent map {path} is a directory, not a file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise IntegrityError(f"cannot read agent map {path}: {exc}") from None
+    return parse_map(text, str(path))
+
+
+def parse_map(text: str, where: str) -> dict[str, Any]:
+    """The map in ``text`` (read from ``where``), validated."""
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise IntegrityError(
-            f"agent map {path} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+            f"agent map {where} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
             "fix or restore it: jnreg never overwrites a map it cannot read"
         ) from None
-    validate("agent_model_map", document, f"agent map {path}")
+    validate("agent_model_map", document, f"agent map {where}")
     return document
+
+
+def map_text(document: dict[str, Any], where: str) -> str:
+    """``document`` validated and as jnreg writes it."""
+    validate("agent_model_map", document, f"the agent map jnreg was about to write to {where}")
+    # Key order as found: the map is also edited by hand, and a rewrite should show only what changed.
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
 def write_map(path: Path, document: dict[str, Any], *, before_replace: Callable[[], None] | None = None) -> None:
     """Validate ``document`` and replace the map with it atomically."""
-    validate("agent_model_map", document, f"the agent map jnreg was about to write to {path}")
+    text = map_text(document, str(path))
     try:
-        # Key order as found: the map is also edited by hand, and a rewrite should show only what changed.
-        text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
         atomic_write(path, text.encode("utf-8"), before_replace=before_replace)
     except OSError as exc:
         raise StoreError(f"cannot write agent map {path}: {exc.strerror or exc}") from None

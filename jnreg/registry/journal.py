@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
-import socket
-import uuid
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,9 @@ def now() -> str:
 
 def who() -> str:
     """user@host: who did it, never anything from the environment beyond the login name."""
+    import getpass
+    import socket
+
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
@@ -42,6 +43,8 @@ def make_entry(
     digest: str | None = None,
     adapter_name: str | None = None,
 ) -> dict[str, Any]:
+    import uuid
+
     entry = {
         "schema_version": 1,
         "op": uuid.uuid4().hex,
@@ -126,6 +129,32 @@ def append(path: Path, entry: dict[str, Any]) -> None:
     write_synced(path, line, os.O_APPEND | os.O_CREAT)
     if created:
         fsync_dir(path.parent)
+
+
+def was_published(path: Path, agent: str, version: str) -> bool:
+    """Whether the journal records a publish of ``agent`` ``version``, without parsing every line.
+
+    Only lines that mention the label are parsed, so the cost is a byte search, not a line-by-line decode.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise StoreError(f"cannot read journal {path}: {exc.strerror or exc}") from None
+    needle = re.compile(rb'"version"\s*:\s*"' + re.escape(version.encode("utf-8")) + rb'"')
+    for match in needle.finditer(data):
+        start = data.rfind(b"\n", 0, match.start()) + 1
+        end = data.find(b"\n", match.end())
+        line = data[start : end if end >= 0 else len(data)]
+        try:
+            entry = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue  # a torn last line; its pending record redoes it
+        if isinstance(entry, dict) and entry.get("agent") == agent and entry.get("action") == "publish":
+            if entry.get("version") == version:
+                return True
+    return False
 
 
 def has_op(entries: list[dict[str, Any]], op: str) -> bool:

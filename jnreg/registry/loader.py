@@ -51,7 +51,7 @@ def load(
     """(PeftModel, tokenizer) for ``agent``, after checking every file's checksum and the base model."""
     store = ModelStore(store_root, agent_map)
     resolution = store.resolve(agent, version)
-    problems = store.check_files(resolution.agent, resolution.version)
+    problems = store.check_copy(resolution)
     if problems:
         raise IntegrityError(f"refusing to load {resolution.agent} {resolution.version}: {problems[0]}")
     _check_base_model(store, resolution)

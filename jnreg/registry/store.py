@@ -19,14 +19,12 @@ import hashlib
 import json
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-
-from filelock import FileLock, Timeout
 
 from jnreg import __version__
 from jnreg.errors import IntegrityError, StoreConflict, StoreError, StoreNotFound
@@ -48,6 +46,7 @@ from jnreg.registry import agent_map, journal
 from jnreg.registry.adapter_dir import MODEL_CARD, SUMMARY, AdapterSource, inspect_source
 from jnreg.registry.agent_map import MAP_FILE
 from jnreg.registry.no_secrets import refuse_secrets
+from jnreg.registry.objects import is_object_url
 from jnreg.schemas import validate
 
 DEFAULT_ROOT = Path("model_store")
@@ -132,6 +131,41 @@ class GcResult:
     dry_run: bool
 
 
+def checked_manifest(document: Any, where: str, agent: str, version: str) -> dict[str, Any]:
+    """``document`` when it is a valid manifest of ``agent`` ``version``; IntegrityError naming ``where`` otherwise."""
+    validate("manifest", document, f"manifest {where}")
+    if document["agent"] != agent or document["version"] != version:
+        found = f"{document['agent']} {document['version']}"
+        raise IntegrityError(f"manifest {where} is for {found}, not {agent} {version}")
+    if document["training_summary"] is not None:
+        validate("training_summary", document["training_summary"], f"training summary in {where}")
+    return document
+
+
+def file_problems(
+    where: str, manifest: dict[str, Any], present: dict[str, int | None], sha256_of: Callable[[str], str]
+) -> list[str]:
+    """Every way stored files differ from ``manifest``: ``present`` maps each stored name to its size (None: not a
+    regular file); ``sha256_of`` hashes one stored file."""
+    problems = []
+    listed = {f["path"]: f for f in manifest["files"]}
+    for name, info in sorted(listed.items()):
+        if name not in present:
+            problems.append(f"{where}: {name} is missing")
+        elif present[name] is None:
+            problems.append(f"{where}: {name} is not a regular file")
+        elif present[name] != info["size"]:
+            problems.append(f"{where}: {name} has {present[name]} bytes, manifest says {info['size']}")
+        elif (actual := sha256_of(name)) != info["sha256"]:
+            expected = info["sha256"]
+            problems.append(f"{where}: {name} is corrupt (sha256 {actual[:12]}…, manifest says {expected[:12]}…)")
+    for name in sorted(set(present) - set(listed) - {MANIFEST}):
+        problems.append(f"{where}: {name} is not in the manifest")
+    if compute_digest(manifest["files"]) != manifest["digest"]:
+        problems.append(f"{where}: manifest digest does not match its file list")
+    return problems
+
+
 def _stored_summary(summary: dict[str, Any], adapter_name: str, version: str, where: str) -> dict[str, Any]:
     """The summary as stored in the version: carrying the final adapter name and version label."""
     stored = {**summary, "adapter_name": adapter_name, "adapter_version": version}
@@ -170,7 +204,20 @@ def _base_model_of(source: AdapterSource, given: str | None, source_dir: Path | 
 
 
 class ModelStore:
-    """A directory of published adapters per agent, the `current` pointer of each, the journal and the agent map."""
+    """Published adapters per agent, the `current` pointer of each, the journal and the agent map.
+
+    The rules (labels never reused, manifests and digests, the journal, the map, `current`, promote,
+    rollback, gc, verify) live here once. This class keeps them on a local directory under file locks;
+    ``ModelStore("s3://bucket/prefix")`` gives an ObjectModelStore, which keeps the same rules in object
+    storage with conditional writes and overrides only the storage primitives.
+    """
+
+    def __new__(cls, root: Path | str | None = None, *args: Any, **kwargs: Any) -> ModelStore:
+        if cls is ModelStore and is_object_url(str(root or os.environ.get("MODEL_STORE_ROOT") or "")):
+            from jnreg.registry.object_store import ObjectModelStore
+
+            return super().__new__(ObjectModelStore)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -180,6 +227,9 @@ class ModelStore:
         lock_timeout: float | None = None,
     ) -> None:
         root = root or os.environ.get("MODEL_STORE_ROOT") or DEFAULT_ROOT
+        if "://" in str(root) or str(root).split("/", 1)[0] in ("s3:", "gs:", "az:"):
+            # Path("s3://b/x") is "s3:/b/x": without this, a mangled URL would become a local directory "s3:".
+            raise StoreError(f"store root {str(root)!r}: object stores are given as a string s3://bucket/prefix")
         self.root = Path(root).expanduser().absolute()
         map_path = agent_map or os.environ.get("AGENT_MODEL_MAP") or self.root / MAP_FILE
         # An orchestrator may keep its map elsewhere behind a symlink: update the file, not the link.
@@ -281,14 +331,7 @@ class ModelStore:
         if manifest_path.is_symlink() or not manifest_path.is_file():
             raise IntegrityError(f"version {agent} {version} has no manifest.json ({manifest_path})")
         document = read_json(manifest_path, "manifest", IntegrityError)
-        validate("manifest", document, f"manifest {manifest_path}")
-        if document["agent"] != agent or document["version"] != version:
-            raise IntegrityError(
-                f"manifest {manifest_path} is for {document['agent']} {document['version']}, not {agent} {version}"
-            )
-        if document["training_summary"] is not None:
-            validate("training_summary", document["training_summary"], f"training summary in {manifest_path}")
-        return document
+        return checked_manifest(document, str(manifest_path), agent, version)
 
     def read_map(self) -> dict[str, Any] | None:
         """The agent map, validated; None when there is none yet."""
@@ -321,11 +364,19 @@ class ModelStore:
             adapter_name=manifest["adapter_name"],
             base_model=manifest["base_model"],
             base_ref=base_ref,
-            adapter_path=self.version_dir(agent, version),
+            adapter_path=self._adapter_path(agent, version, manifest),
             digest=manifest["digest"],
             manifest=manifest,
             base_model_revision=manifest["base_model_revision"],
         )
+
+    def _adapter_path(self, agent: str, version: str, manifest: dict[str, Any]) -> Path:
+        """A local directory holding the version's files, as loaders need it."""
+        return self.version_dir(agent, version)
+
+    def check_copy(self, resolution: Resolution) -> list[str]:
+        """Every way the files at ``resolution.adapter_path`` (what a loader reads) differ from the manifest."""
+        return self.check_files(resolution.agent, resolution.version)
 
     def check_files(self, agent: str, version: str) -> list[str]:
         """Every way a version's files differ from its manifest, one line per bad file; empty when intact."""
@@ -337,24 +388,11 @@ class ModelStore:
             raise
         except IntegrityError as exc:
             return [str(exc)]
-        problems = []
-        listed = {f["path"]: f for f in manifest["files"]}
-        for name, info in sorted(listed.items()):
-            file_path = path / name
-            if not os.path.lexists(file_path):
-                problems.append(f"{where}: {name} is missing")
-            elif file_path.is_symlink() or not file_path.is_file():
-                problems.append(f"{where}: {name} is not a regular file")
-            elif file_path.stat().st_size != info["size"]:
-                problems.append(f"{where}: {name} has {file_path.stat().st_size} bytes, manifest says {info['size']}")
-            elif (actual := sha256_file(file_path)) != info["sha256"]:
-                expected = info["sha256"]
-                problems.append(f"{where}: {name} is corrupt (sha256 {actual[:12]}…, manifest says {expected[:12]}…)")
-        for name in sorted(set(os.listdir(path)) - set(listed) - {MANIFEST}):
-            problems.append(f"{where}: {name} is not in the manifest")
-        if compute_digest(manifest["files"]) != manifest["digest"]:
-            problems.append(f"{where}: manifest digest does not match its file list")
-        return problems
+        present: dict[str, int | None] = {}
+        for entry in os.scandir(path):
+            regular = entry.is_file(follow_symlinks=False)
+            present[entry.name] = entry.stat(follow_symlinks=False).st_size if regular else None
+        return file_problems(where, manifest, present, lambda name: sha256_file(path / name))
 
     def verify(self, agent: str | None = None, version: str | None = None) -> VerifyReport:
         """Recompute every checksum and check `current`, the agent map and the journal."""
@@ -450,6 +488,8 @@ class ModelStore:
         lock_path = self.agent_dir(agent) / AGENT_LOCK
         if not lock_path.exists():
             return False
+        from filelock import FileLock, Timeout  # writers only: readers stay fast to start
+
         lock = FileLock(lock_path, timeout=0)
         try:
             lock.acquire()
@@ -492,6 +532,8 @@ class ModelStore:
 
     @contextmanager
     def _lock(self, path: Path, what: str) -> Iterator[None]:
+        from filelock import FileLock, Timeout  # writers only: readers stay fast to start
+
         lock = FileLock(path, timeout=self.lock_timeout)
         try:
             lock.acquire()
@@ -579,12 +621,9 @@ class ModelStore:
         for entry in os.scandir(agent_dir):
             if parse_owned(entry.name) and is_stale(Path(entry.path)):
                 remove_tree(Path(entry.path))
-        # Under the agent lock no claim is in progress, so an empty version directory is a crash's leftover.
-        for name in self._version_dirs(agent):
-            path = agent_dir / VERSIONS / name
-            if path.is_dir() and not path.is_symlink() and not os.listdir(path):
-                with suppress(OSError):
-                    os.rmdir(path)
+        # An empty claim in versions/ is removed by _recover_pending: a publish records its pending entry
+        # before it claims, so every claim a crash leaves is named by a pending record. No scan of every
+        # version is needed, which keeps a write's cost independent of the store's history.
         for entry in os.scandir(self.map_path.parent):
             owned = parse_owned(entry.name)
             if owned and owned[0] == "tmp" and entry.name.endswith(f"-{self.map_path.name}"):
@@ -629,12 +668,22 @@ class ModelStore:
         journaled = journal.for_agent(journal.read_entries(self.journal_path), agent)
         return set(self._version_dirs(agent)) | {e["version"] for e in journaled if e["action"] == "publish"}
 
-    def _free_label(self, agent: str) -> str:
+    def _label_taken(self, agent: str, label: str, used: set[str] | None = None) -> bool:
+        """Whether ``agent`` has, or ever had, a version ``label`` (``used``: the answer for every label, if known).
+
+        Asked of the journal one label at a time, so the cost of a publish does not grow with the history.
+        """
+        if used is not None:
+            return label in used
+        return os.path.lexists(self.agent_dir(agent) / VERSIONS / label) or journal.was_published(
+            self.journal_path, agent, label
+        )
+
+    def _free_label(self, agent: str, used: set[str] | None = None) -> str:
         """vYYYYMMDD-HHMM (UTC), with -2, -3, ... when that minute is taken (held: agent lock)."""
         base = datetime.now(timezone.utc).strftime("v%Y%m%d-%H%M")
-        used = self._used_labels(agent)
         label, n = base, 1
-        while label in used or os.path.lexists(self.agent_dir(agent) / VERSIONS / label):
+        while self._label_taken(agent, label, used):
             n += 1
             label = f"{base}-{n}"
         return label
@@ -642,7 +691,7 @@ class ModelStore:
     def _refuse_used_label(self, agent: str, version: str) -> None:
         if os.path.lexists(self.agent_dir(agent) / VERSIONS / version):
             raise StoreConflict(f"agent {agent!r} already has a version {version!r}; versions are never replaced")
-        if version in self._used_labels(agent):
+        if self._label_taken(agent, version):
             # A rollback or an orchestrator pinned to this label must never get other weights.
             raise StoreConflict(
                 f"agent {agent!r} had a version {version!r} before (removed by gc); labels are never reused"
@@ -681,15 +730,7 @@ class ModelStore:
         ``base_model`` names the base the adapter was trained on, for adapters that do not say; an adapter
         that names another base is refused.
         """
-        self.check_can_publish(agent, adapter_name=adapter_name, version=version, create=False)
-        source = inspect_source(Path(source_dir))
-        summary = source.summary
-        if summary is not None and summary.get("agent", agent) != agent:
-            raise StoreError(f"{source_dir} holds an adapter for agent {summary.get('agent')!r}, not {agent!r}")
-        adapter_name = check_adapter_name(adapter_name or (summary or {}).get("adapter_name") or f"{agent}_adapter")
-        if summary is not None:
-            _stored_summary(summary, adapter_name, version or "v00000000-0000", str(source_dir))
-        base_model = _base_model_of(source, base_model, source_dir)
+        source, adapter_name, base_model = self._publishable(agent, source_dir, adapter_name, version, base_model)
         agent_dir = self._prepare(agent)
         staging = agent_dir / owned_name("staging")
         try:
@@ -718,6 +759,76 @@ class ModelStore:
                 with suppress(OSError):
                     remove_tree(staging)
 
+    def _publishable(
+        self,
+        agent: str,
+        source_dir: Path | str,
+        adapter_name: str | None,
+        version: str | None,
+        base_model: str | None,
+    ) -> tuple[AdapterSource, str, str]:
+        """Check everything about a publish that needs no write: (the adapter's files, adapter name, base model)."""
+        self.check_can_publish(agent, adapter_name=adapter_name, version=version, create=False)
+        source = inspect_source(Path(source_dir))
+        summary = source.summary
+        if summary is not None and summary.get("agent", agent) != agent:
+            raise StoreError(f"{source_dir} holds an adapter for agent {summary.get('agent')!r}, not {agent!r}")
+        adapter_name = check_adapter_name(adapter_name or (summary or {}).get("adapter_name") or f"{agent}_adapter")
+        if summary is not None:
+            _stored_summary(summary, adapter_name, version or "v00000000-0000", str(source_dir))
+        return source, adapter_name, _base_model_of(source, base_model, source_dir)
+
+    def _seal(
+        self,
+        agent: str,
+        label: str,
+        source: AdapterSource,
+        copied: dict[str, tuple[int, str]],
+        *,
+        adapter_name: str,
+        base_model: str,
+    ) -> tuple[dict[str, bytes], dict[str, Any], str]:
+        """The files a version gets under its label (summary, model card), its manifest and the manifest's text.
+
+        ``copied`` holds (size, sha256) of the adapter's files as stored; the new files are added to it.
+        """
+        config, summary = source.config, source.summary
+        extra: dict[str, bytes] = {}
+        stored = None
+        if summary is not None:
+            stored = dump_json(_stored_summary(summary, adapter_name, label, f"{agent} {label}"))
+            refuse_secrets(stored, SUMMARY)
+            extra[SUMMARY] = stored.encode("utf-8")
+        revision = (summary or {}).get("base_model_revision") or config.get("revision")
+        manifest: dict[str, Any] = {
+            "schema_version": 1,
+            "agent": agent,
+            "adapter_name": adapter_name,
+            "version": label,
+            "base_model": base_model,
+            "base_model_revision": revision if isinstance(revision, str) else None,
+            "peft_type": config["peft_type"],
+            "r": config.get("r") if isinstance(config.get("r"), int) else None,
+            "alpha": config.get("lora_alpha"),
+            "target_modules": config.get("target_modules"),
+            "files": [],
+            "digest": "",
+            "training_summary": json.loads(stored) if stored is not None else None,
+            "created_at": journal.now(),
+            "created_by": journal.who(),
+            "jnreg_version": __version__,
+        }
+        if MODEL_CARD not in copied:
+            extra[MODEL_CARD] = _model_card(manifest).encode("utf-8")
+        for name, data in extra.items():
+            copied[name] = (len(data), hashlib.sha256(data).hexdigest())
+        manifest["files"] = [{"path": n, "size": s, "sha256": h} for n, (s, h) in sorted(copied.items())]
+        manifest["digest"] = compute_digest(manifest["files"])
+        validate("manifest", manifest, f"manifest of {agent} {label}")
+        text = dump_json(manifest)
+        refuse_secrets(text, MANIFEST)
+        return extra, manifest, text
+
     def _commit_publish(
         self,
         agent: str,
@@ -736,37 +847,11 @@ class ModelStore:
             self._refuse_used_label(agent, version)
         label = version or self._free_label(agent)
         previous = self.current(agent)
-        config, summary = source.config, source.summary
-        if summary is not None:
-            stored = dump_json(_stored_summary(summary, adapter_name, label, str(staging)))
-            refuse_secrets(stored, SUMMARY)
-            copied[SUMMARY] = write_new_file(staging / SUMMARY, stored.encode("utf-8"))
-        revision = (summary or {}).get("base_model_revision") or config.get("revision")
-        manifest: dict[str, Any] = {
-            "schema_version": 1,
-            "agent": agent,
-            "adapter_name": adapter_name,
-            "version": label,
-            "base_model": base_model,
-            "base_model_revision": revision if isinstance(revision, str) else None,
-            "peft_type": config["peft_type"],
-            "r": config.get("r") if isinstance(config.get("r"), int) else None,
-            "alpha": config.get("lora_alpha"),
-            "target_modules": config.get("target_modules"),
-            "files": [],
-            "digest": "",
-            "training_summary": json.loads(stored) if summary is not None else None,
-            "created_at": journal.now(),
-            "created_by": journal.who(),
-            "jnreg_version": __version__,
-        }
-        if MODEL_CARD not in copied:
-            copied[MODEL_CARD] = write_new_file(staging / MODEL_CARD, _model_card(manifest).encode("utf-8"))
-        manifest["files"] = [{"path": n, "size": s, "sha256": h} for n, (s, h) in sorted(copied.items())]
-        manifest["digest"] = compute_digest(manifest["files"])
-        validate("manifest", manifest, f"manifest of {agent} {label}")
-        text = dump_json(manifest)
-        refuse_secrets(text, MANIFEST)
+        extra, manifest, text = self._seal(
+            agent, label, source, copied, adapter_name=adapter_name, base_model=base_model
+        )
+        for name, data in extra.items():
+            write_new_file(staging / name, data)
         write_new_file(staging / MANIFEST, text.encode("utf-8"))
         for name in os.listdir(staging):
             os.chmod(staging / name, 0o444)

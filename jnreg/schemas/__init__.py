@@ -8,8 +8,17 @@ from importlib import resources
 from typing import Any
 
 from jnreg.errors import IntegrityError
+from jnreg.schemas import quick
 
-SCHEMA_NAMES = ("manifest", "training_summary", "agent_model_map", "journal_entry", "train_config")
+SCHEMA_NAMES = (
+    "manifest",
+    "training_summary",
+    "agent_model_map",
+    "journal_entry",
+    "train_config",
+    "object_current",
+    "object_intent",
+)
 
 
 @cache
@@ -28,10 +37,19 @@ def _validator(name: str):
     return Draft202012Validator(schema, format_checker=FormatChecker())
 
 
+@cache
+def _quick(name: str) -> bool:
+    return quick.supports(load_schema(name))
+
+
 def errors(name: str, document: Any) -> list[str]:
     """Every way ``document`` fails the schema, as ``path: message`` lines; empty when valid."""
-    found = sorted(_validator(name).iter_errors(document), key=lambda e: list(e.absolute_path))
-    return [f"{'/'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}" for e in found]
+    if _quick(name):
+        pairs = quick.errors(load_schema(name), document)
+    else:
+        pairs = [(list(e.absolute_path), e.message) for e in _validator(name).iter_errors(document)]
+    pairs.sort(key=lambda pair: [str(p) for p in pair[0]])
+    return [f"{'/'.join(str(p) for p in path) or '<root>'}: {message}" for path, message in pairs]
 
 
 def validate(name: str, document: Any, what: str, error: type[Exception] = IntegrityError) -> None:
