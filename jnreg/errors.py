@@ -31,6 +31,10 @@ class EnvironmentCheckError(JnregError):
     """A required package, backend or device is missing."""
 
 
+class LaunchError(JnregError):
+    """One of several training processes failed, or they could not be started."""
+
+
 class StoreError(JnregError):
     """The model store cannot do what was asked; nothing was changed."""
 
@@ -45,3 +49,7 @@ class StoreConflict(StoreError):
 
 class IntegrityError(StoreError):
     """Stored files or documents do not match their checksums or schema."""
+
+
+class GateError(JnregError):
+    """A version falls short of the requirements for going into service, or they cannot be checked."""

@@ -168,6 +168,55 @@ def test_the_store_rules_hold_in_object_storage(root: str, tmp_path: Path) -> No
             assert schema_errors(schema, json.loads(data)) == [], key
 
 
+def _evaluation(digest: str) -> tuple[dict, list[dict]]:
+    record = {
+        "schema_version": 1,
+        "digest": digest,
+        "rows_source": {"kind": "files", "files": ["eval.jsonl"], "sha256": "0" * 64, "rows": 1},
+        "settings": {"max_new_tokens": 8, "temperature": 0.0, "seed": 0, "limit": None, "quantization": "nf4"},
+        "metrics": {
+            "rows": 1,
+            "eval_loss": 1.5,
+            "json_rate": 1.0,
+            "schema_valid": 0.0,
+            "exact_match": 0.0,
+            "tokens_per_second": 9.0,
+        },
+        "details": {"answered_rows": 1, "new_tokens": 8, "generation_s": 0.5, "stopped_at_eos": 1.0},
+    }
+    row = {
+        "index": 0,
+        "where": "eval.jsonl:1",
+        "prompt": "Claim: x",
+        "reference": "{}",
+        "loss": 1.5,
+        "answer": "{}",
+        "new_tokens": 8,
+        "stopped_at_eos": True,
+        "json": True,
+        "schema_valid": False,
+        "schema_error": "missing verdict",
+        "exact_match": {},
+    }
+    return record, [row]
+
+
+def test_evaluations_are_kept_beside_the_version_in_object_storage(root: str, tmp_path: Path) -> None:
+    store = ModelStore(root)
+    published = store.publish("critic", make_adapter(tmp_path / "s1", seed=1), version="a")
+    record, rows = _evaluation(published.digest)
+    with pytest.raises(IntegrityError, match="not of critic a"):
+        store.record_evaluation("critic", "a", {**record, "digest": "f" * 64}, rows)
+    kept = store.record_evaluation("critic", "a", record, rows)
+    assert [e["id"] for e in store.evaluations("critic", "a")] == [kept["id"]]
+    assert store.evaluations("critic", "a")[0]["metrics"]["schema_valid"] == 0.0
+    rows_key = f"critic/evaluations/a/{kept['rows_file']}"
+    assert json.loads(Bucket(root).get(rows_key)[0]) == rows[0]
+    # The version itself is untouched: same digest, still verified, still the only version.
+    assert store.manifest("critic", "a")["digest"] == published.digest
+    assert store.verify().ok and store.version_labels("critic") == ["a"]
+
+
 def test_every_command_takes_an_s3_root(root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     source = make_adapter(tmp_path / "src", seed=4)

@@ -64,6 +64,7 @@ def agents_show(agent: str, as_json: bool) -> None:
         "sample_rows": count_sample_rows(spec),
         "sample_data": str(spec.sample_data) if spec.sample_data else None,
         "response_schema": spec.response_schema is not None,
+        "requirements": list(spec.requirements),
     }
     if as_json:
         info["response_schema"] = spec.response_schema
@@ -75,6 +76,7 @@ def agents_show(agent: str, as_json: bool) -> None:
     click.echo(f"  sample rows:  {info['sample_rows']}")
     click.echo(f"  serving:      max_new_tokens={spec.serving.max_new_tokens} temperature={spec.serving.temperature}")
     click.echo(f"  response schema: {'yes' if spec.response_schema else 'no'}")
+    click.echo(f"  promotion requirements: {', '.join(spec.requirements) or 'none'}")
     click.echo("  defaults:")
     for key, value in info["defaults"].items():
         click.echo(f"    {key} = {value if not isinstance(value, (list, tuple)) else ','.join(value)}")

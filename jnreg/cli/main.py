@@ -9,6 +9,8 @@ import click
 from jnreg import __version__
 from jnreg.cli.agents import agents
 from jnreg.cli.base import JnregGroup, Settings, StoreRoot
+from jnreg.cli.evaluate import eval_
+from jnreg.cli.export import export
 from jnreg.cli.generate import generate
 from jnreg.cli.store import store
 from jnreg.cli.train import train
@@ -39,6 +41,8 @@ cli.add_command(agents)
 cli.add_command(store)
 cli.add_command(train)
 cli.add_command(generate)
+cli.add_command(eval_)
+cli.add_command(export)
 
 
 def main() -> None:

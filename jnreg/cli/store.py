@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from jnreg.cli.base import StoreRoot, echo_json, open_store, settings
-from jnreg.errors import IntegrityError, StoreError
+from jnreg.errors import ConfigError, IntegrityError, StoreError
 
 
 def _version_row(manifest: dict[str, Any], current: str | None) -> dict[str, Any]:
@@ -21,6 +21,33 @@ def _version_row(manifest: dict[str, Any], current: str | None) -> dict[str, Any
         "digest": manifest["digest"],
         "current": manifest["version"] == current,
     }
+
+
+def _latest_evaluation(model_store: Any, agent: str, version: str) -> dict[str, Any] | None:
+    """The latest evaluation of a version, as ``store list --json`` carries it."""
+    found = model_store.evaluations(agent, version)
+    if not found:
+        return None
+    latest = found[-1]
+    return {"id": latest["id"], "created_at": latest["created_at"], "metrics": latest["metrics"]}
+
+
+def _metrics_line(document: dict[str, Any]) -> str:
+    parts = []
+    for name, value in document["metrics"].items():
+        if value is not None:
+            parts.append(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}")
+    return " ".join(parts)
+
+
+def _require_option(function: Any) -> Any:
+    return click.option(
+        "--require",
+        "require",
+        multiple=True,
+        metavar="METRIC>=X",
+        help="Put in service only if the evaluation meets this (several allowed) [the agent plugin's default].",
+    )(function)
 
 
 class StoreGroup(click.Group):
@@ -46,6 +73,7 @@ def store() -> None:
 @click.option("--adapter-name", help="Adapter name [training_summary's, else <agent>_adapter].")
 @click.option("--no-promote", is_flag=True, help="Store the version without putting it in service.")
 @click.option("--base-model", help="The base model it was trained on, for an adapter that does not name one.")
+@_require_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def publish(
@@ -56,11 +84,26 @@ def publish(
     adapter_name: str | None,
     no_promote: bool,
     base_model: str | None,
+    require: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Store the adapter in DIRECTORY as a new version of AGENT and (unless --no-promote) put it in service."""
-    result = open_store(ctx).publish(
-        agent, directory, adapter_name=adapter_name, version=version, promote=not no_promote, base_model=base_model
+    from jnreg.cli.gate import gated_publish, requirements_for
+
+    if require and no_promote:
+        raise ConfigError("--require gates putting the version in service; it has no use with --no-promote")
+    requirements = requirements_for(agent, require) if not no_promote else []
+    model_store = open_store(ctx)
+    result = gated_publish(
+        model_store,
+        agent,
+        directory,
+        requirements,
+        _progress_echo(as_json),
+        adapter_name=adapter_name,
+        version=version,
+        promote=not no_promote,
+        base_model=base_model,
     )
     if as_json:
         echo_json(
@@ -105,12 +148,17 @@ def list_(ctx: click.Context, agent: str | None, as_json: bool) -> None:
     model_store.require_agent(agent)
     current = model_store.current(agent)
     rows = [_version_row(m, current) for m in model_store.versions(agent)]
+    for row in rows:
+        row["evaluation"] = _latest_evaluation(model_store, agent, row["version"])
     if as_json:
         echo_json({"agent": agent, "current": current, "versions": rows})
         return
     for row in rows:
         mark = "*" if row["current"] else " "
-        click.echo(f"{mark} {row['version']}  {row['adapter_name']}  {row['created_at']}  {row['digest'][:12]}")
+        click.echo(
+            f"{mark} {row['version']}  {row['adapter_name']}  {row['created_at']}  {row['digest'][:12]}"
+            + (f"  {_metrics_line(row['evaluation'])}" if row["evaluation"] else "")
+        )
 
 
 @store.command("show")
@@ -120,10 +168,12 @@ def list_(ctx: click.Context, agent: str | None, as_json: bool) -> None:
 @click.pass_context
 def show(ctx: click.Context, agent: str, version: str | None, as_json: bool) -> None:
     """Show the manifest of AGENT's VERSION [default: the one in service]."""
-    resolution = open_store(ctx).resolve(agent, version)
+    model_store = open_store(ctx)
+    resolution = model_store.resolve(agent, version)
     manifest = resolution.manifest
+    evaluations = model_store.evaluations(resolution.agent, resolution.version)
     if as_json:
-        echo_json({"path": str(resolution.adapter_path), "manifest": manifest})
+        echo_json({"path": str(resolution.adapter_path), "manifest": manifest, "evaluations": evaluations})
         return
     click.echo(f"{manifest['agent']} {manifest['version']}  ({manifest['adapter_name']})")
     click.echo(f"  path:        {resolution.adapter_path}")
@@ -134,6 +184,11 @@ def show(ctx: click.Context, agent: str, version: str | None, as_json: bool) -> 
     click.echo(f"  summary:     {'yes' if manifest['training_summary'] else 'no'}")
     for item in manifest["files"]:
         click.echo(f"    {item['sha256'][:12]}  {item['size']:>12}  {item['path']}")
+    click.echo(f"  evaluations: {len(evaluations) or 'none'}")
+    for document in evaluations:
+        source = document["rows_source"]
+        click.echo(f"    {document['id']}  {source['kind']} rows ({', '.join(source['files'])})")
+        click.echo(f"      {_metrics_line(document)}")
 
 
 @store.command("resolve")
@@ -163,17 +218,26 @@ def resolve(ctx: click.Context, agent: str, version: str | None, as_json: bool) 
 @store.command("promote")
 @click.argument("agent")
 @click.argument("version")
+@_require_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def promote(ctx: click.Context, agent: str, version: str, as_json: bool) -> None:
-    """Put AGENT's VERSION in service (checksums are checked first)."""
-    entry = open_store(ctx).promote(agent, version)
+def promote(ctx: click.Context, agent: str, version: str, require: tuple[str, ...], as_json: bool) -> None:
+    """Put AGENT's VERSION in service (checksums are checked first, then any requirements)."""
+    from jnreg.cli.gate import gated_promote, requirements_for
+
+    requirements = requirements_for(agent, require)
+    entry = gated_promote(open_store(ctx), agent, version, requirements, _progress_echo(as_json))
     if as_json:
         echo_json({"agent": agent, "current": version, "previous": entry["previous"] if entry else version})
     elif entry is None:
         click.echo(f"{agent} {version} is already in service")
     else:
         click.echo(f"{agent}: {entry['previous'] or '-'} -> {version}")
+
+
+def _progress_echo(as_json: bool) -> Any:
+    # With --json, stdout carries only the JSON document.
+    return (lambda line: click.echo(line, err=True)) if as_json else click.echo
 
 
 @store.command("rollback")

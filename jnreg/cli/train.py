@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from jnreg.cli.base import StoreRoot, echo_json, open_store
+from jnreg.core import launch
 from jnreg.errors import ConfigError
 
 # Options that take several values after one flag, as the guide writes them
@@ -97,10 +98,21 @@ def _choice(*values: str) -> click.Choice:
 @click.option("--publish", is_flag=True, default=None, help="Publish the adapter to the ModelStore afterwards.")
 @click.option("--adapter-version", help="Version label for --publish [vYYYYMMDD-HHMM].")
 @click.option(
+    "--require",
+    multiple=True,
+    metavar="METRIC>=X",
+    help="With --publish: put the version in service only if its evaluation meets this [the agent's default].",
+)
+@click.option(
     "--store-root",
     "train_store_root",
     type=StoreRoot(),
     help="ModelStore root for --publish (same as the global option).",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    help="Data-parallel processes, one per GPU, started through accelerate [1].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON at the end.")
 @click.pass_context
@@ -111,9 +123,24 @@ def train(
     config_file: Path | None,
     as_json: bool,
     train_store_root: Path | str | None,
+    require: tuple[str, ...],
     **flags: Any,
 ) -> None:
     """Fine-tune AGENT's LoRA adapter with QLoRA (4-bit NF4 base + LoRA)."""
+    with launch.reporting_failures():
+        _train(ctx, agent_arg, agent_opt, config_file, as_json, train_store_root, require, flags)
+
+
+def _train(
+    ctx: click.Context,
+    agent_arg: str | None,
+    agent_opt: str | None,
+    config_file: Path | None,
+    as_json: bool,
+    train_store_root: Path | str | None,
+    require: tuple[str, ...],
+    flags: dict[str, Any],
+) -> None:
     from jnreg.core.config import build_config, read_config_file
     from jnreg.core.plugins import get_host
 
@@ -126,10 +153,20 @@ def train(
     agent = get_host().get(agent_name)
     flags = {k: (v or None) if isinstance(v, tuple) else v for k, v in flags.items()}
     flags["store_root"] = str(train_store_root) if train_store_root else None
-    config = build_config(agent.spec, file_values, flags)
-    echo = _echo(as_json)
-    _print_config(config, echo)
+    config = launch.in_this_world(build_config(agent.spec, file_values, flags))
+    if require and not config.publish:
+        raise ConfigError("--require gates publishing: add --publish")
+    requirements = _requirements(config, require)  # a malformed one fails before training
+    echo = launch.main_only(_echo(as_json))
+    if not launch.is_managed():  # the launching process printed it already
+        _print_config(config, echo)
 
+    if config.processes > 1 and not config.dry_run and not launch.is_distributed():
+        actions = _actions(config, as_json, require)
+        launch.run(config, actions=actions, root_options=_root_options(ctx), echo=echo)
+        return
+    if config.dry_run and not launch.is_main():
+        return
     if config.dry_run:
         from jnreg.core.dryrun import dry_run
 
@@ -137,12 +174,33 @@ def train(
     else:
         from jnreg.core import engine
 
-        store = _store_for(ctx, config) if config.publish else None
+        store = _store_for(ctx, config) if config.publish and launch.is_main() else None
         summary = engine.train(config, agent, echo=echo)
+        launch.finish()
         if store is not None:
-            summary = _publish(store, config, echo) | {"training": summary}
-    if as_json:
+            summary = _publish(store, config, echo, requirements) | {"training": summary}
+    if as_json and launch.is_main():
         echo_json(summary)
+
+
+def _actions(config: Any, as_json: bool, require: tuple[str, ...]) -> list[str]:
+    """The flags that say what to do with a run, which its saved config leaves out."""
+    actions = ["--resume"] if config.resume else []
+    if config.publish:
+        actions.append("--publish")
+    if config.adapter_version:
+        actions += ["--adapter-version", config.adapter_version]
+    if config.store_root:
+        actions += ["--store-root", config.store_root]
+    for requirement in require:
+        actions += ["--require", requirement]
+    return actions + (["--json"] if as_json else [])
+
+
+def _root_options(ctx: click.Context) -> list[str]:
+    shared = ctx.find_root().obj
+    options = ["--store-root", str(shared.store_root)] if shared.store_root else []
+    return options + (["--agent-map", str(shared.agent_map)] if shared.agent_map else [])
 
 
 def _echo(as_json: bool):
@@ -170,6 +228,7 @@ def _print_config(config: Any, echo: Any) -> None:
             f"note: {config.base_model} is the built-in demo model, so it trains with settings made for it, "
             f"not the 7B defaults: {chosen} (set any of them to change it)"
         )
+    echo(f"global batch: {launch.describe_global_batch(config)}")
 
 
 def _store_for(ctx: click.Context, config: Any) -> Any:
@@ -179,9 +238,25 @@ def _store_for(ctx: click.Context, config: Any) -> Any:
     return store
 
 
-def _publish(store: Any, config: Any, echo: Any) -> dict[str, Any]:
-    result = store.publish(
-        config.agent, Path(config.output_dir), adapter_name=config.adapter_name, version=config.adapter_version
+def _requirements(config: Any, require: tuple[str, ...]) -> list[Any]:
+    if not config.publish:
+        return []
+    from jnreg.cli.gate import requirements_for
+
+    return requirements_for(config.agent, require)
+
+
+def _publish(store: Any, config: Any, echo: Any, requirements: list[Any]) -> dict[str, Any]:
+    from jnreg.cli.gate import gated_publish
+
+    result = gated_publish(
+        store,
+        config.agent,
+        Path(config.output_dir),
+        requirements,
+        echo,
+        adapter_name=config.adapter_name,
+        version=config.adapter_version,
     )
     echo(f"published {config.agent} {result.version} ({result.digest[:12]}) to {result.path}")
     return {

@@ -72,6 +72,7 @@ class TrainConfig(Hyperparameters):
     eval_steps: int | None = field(default=None, metadata={"help": "Evaluate every N steps (default: each epoch)."})
     early_stopping_patience: int | None = field(default=None, metadata={"help": "Stop after N evals without gain."})
     report_to: str = field(default="none", metadata={"help": "none or tensorboard."})
+    processes: int = field(default=1, metadata={"help": "Data-parallel training processes (one per GPU)."})
     dry_run: bool = field(default=False, metadata={"help": "Check everything, train nothing."})
     resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint."})
     publish: bool = field(default=False, metadata={"help": "Publish to the ModelStore after training."})
@@ -120,6 +121,11 @@ class TrainConfig(Hyperparameters):
     @property
     def eval_options(self) -> DataOptions:
         return replace(self.data_options, train_files=self.eval_files, dataset_name=None, max_samples=None)
+
+    @property
+    def global_batch_size(self) -> int:
+        """Rows per optimizer step: every process's batch, accumulated."""
+        return self.processes * self.train_batch_size * self.gradient_accumulation
 
     def hyperparameters(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in fields(Hyperparameters)}

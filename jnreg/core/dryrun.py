@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from jnreg.core import preflight
+from jnreg.core import launch, preflight
 from jnreg.core.config import CONFIG_FILE, TrainConfig
 from jnreg.core.models import hub_token, load_config, load_tokenizer
 from jnreg.core.outputs import SUMMARY_FILE, build_summary, make_output_dir, now, save_config, write_json
@@ -40,12 +40,17 @@ def dry_run(config: TrainConfig, agent: Agent, echo: Echo = print) -> dict[str, 
         batch_size=config.train_batch_size,
         seq_len=min(config.max_seq_length, stats["length_max"]),
     )
+    if config.processes > 1:
+        # Every process holds a whole replica: the estimate below is per GPU, and each needs its own.
+        echo(f"ok    {config.processes} data-parallel processes ({launch.check_devices(config.processes)})")
+    echo(f"ok    global batch: {launch.describe_global_batch(config)}")
     capacity = report.gpu_bytes or preflight.RTX_3090_BYTES
     gpu = report.gpu_name or "a 24 GB RTX 3090 (no GPU here)"
     fits = estimate["total_bytes"] < capacity
     verdict = "fits" if fits else "does NOT fit"
     echo(
-        f"{'ok   ' if fits else 'FAIL '} GPU memory estimate: {estimate['total_bytes'] / preflight.GiB:.1f} GiB "
+        f"{'ok   ' if fits else 'FAIL '} GPU memory estimate{' per GPU' if config.processes > 1 else ''}: "
+        f"{estimate['total_bytes'] / preflight.GiB:.1f} GiB "
         f"({estimate['parameters'] / 1e6:.1f}M parameters, {estimate['lora_parameters'] / 1e6:.2f}M LoRA) "
         f"{verdict} on {gpu} ({capacity / preflight.GiB:.0f} GiB)"
     )

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jnreg.core import preflight
+from jnreg.core import launch, preflight
 from jnreg.core.config import TrainConfig
 from jnreg.core.models import (
     hub_token,
@@ -61,7 +61,10 @@ class Setup:
 
 def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: Sequence[Any] = ()) -> Setup:
     """Check the environment, prepare the data, load the quantized base, add LoRA, build the trainer."""
-    output_dir = make_output_dir(config)
+    # One of several data-parallel processes: each holds a replica; only the main one writes or prints.
+    config, echo = launch.in_this_world(config), launch.main_only(echo)
+    launch.bind_device()
+    output_dir = make_output_dir(config) if launch.is_main() else Path(config.output_dir)
     report = preflight.check_environment(config.quantization)
     report.raise_if_failed()
     resume_from = None
@@ -94,7 +97,13 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
     )
 
     set_seed(config.seed)
-    model = load_base_model(config.base_model, config.quantization, token=token, revision=config.base_model_revision)
+    model = load_base_model(
+        config.base_model,
+        config.quantization,
+        device_map=launch.device_map(),
+        token=token,
+        revision=config.base_model_revision,
+    )
     keep_training_layout(model)  # evaluations run between training steps
     # --- speed: padding-free rows and gradient checkpointing only where memory needs it ---
     pack = can_pack(model.config, config.max_seq_length)
@@ -159,6 +168,7 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
         completion_only_loss=True,
         packing=False,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # every LoRA weight takes part in every step
         disable_tqdm=False,
         include_num_input_tokens_seen="non_padding",
     )
@@ -202,11 +212,24 @@ def _final_eval_loss(trainer: Any) -> float:
     return float(trainer.evaluate()["eval_loss"])
 
 
+def _save_eval_rows(output_dir: Path, prepared: PreparedData) -> None:
+    """The held-out rows beside the adapter, so they are published with it and `jnreg eval` finds them."""
+    from jnreg.core.evaluate import EVAL_ROWS_FILE, eval_rows_text
+    from jnreg.fsutil import atomic_write
+
+    path = output_dir / EVAL_ROWS_FILE
+    if prepared.eval_examples:
+        atomic_write(path, eval_rows_text(prepared.eval_examples).encode("utf-8"))
+    else:
+        path.unlink(missing_ok=True)  # a rerun without eval rows must not publish an older run's
+
+
 def train(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train the adapter and write it, the tokenizer, the summary and the effective config."""
     import torch
 
     started = now()
+    config, echo = launch.in_this_world(config), launch.main_only(echo)
     ready = setup(config, agent, echo=echo, callbacks=callbacks)
     trainer, prepared, tokenizer, resume_from = ready.trainer, ready.prepared, ready.tokenizer, ready.resume_from
     output_dir = Path(config.output_dir)
@@ -220,27 +243,31 @@ def train(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
     clock = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     runtime = time.perf_counter() - clock
-    # Tokens this run processed (a resumed run counts from its checkpoint), padding excluded.
+    # Tokens this run processed (a resumed run counts from its checkpoint), padding excluded;
+    # the Trainer sums them over the processes, so this and tokens/s are the whole run's.
     tokens_this_run = trainer.state.num_input_tokens_seen - trainer._initial_num_input_tokens_seen
     eval_after = _final_eval_loss(trainer) if has_eval else None
-
-    trainer.model.save_pretrained(str(output_dir), safe_serialization=True)
-    record_base_model(output_dir, config.base_model)
-    tokenizer.save_pretrained(str(output_dir))
+    peak_memory = launch.max_over_processes(_device_metrics(ready.device))  # the largest replica's
     metrics = {
         "train_loss": float(result.training_loss),
         "eval_loss": eval_after,
         "eval_loss_before": eval_before,
         "runtime_s": round(runtime, 3),
         "tokens_per_second": round(tokens_this_run / runtime, 2) if runtime > 0 else None,
-        "peak_memory_bytes": _device_metrics(ready.device),
+        "peak_memory_bytes": peak_memory,
         "steps": int(result.global_step),
+        "input_tokens": int(tokens_this_run),
     }
     summary = build_summary(
         config, dry_run=False, dataset=prepared.stats(), metrics=metrics, started=started, device=ready.device
     )
-    write_json(output_dir / SUMMARY_FILE, summary)
-    save_config(config, output_dir)
+    if launch.is_main():
+        trainer.model.save_pretrained(str(output_dir), safe_serialization=True)
+        record_base_model(output_dir, config.base_model)
+        tokenizer.save_pretrained(str(output_dir))
+        _save_eval_rows(output_dir, prepared)
+        write_json(output_dir / SUMMARY_FILE, summary)
+        save_config(config, output_dir)
     echo(
         f"trained {metrics['steps']} steps in {runtime:.1f}s; train loss {metrics['train_loss']:.4f}"
         + (f", eval loss {eval_before:.4f} -> {eval_after:.4f}" if eval_before is not None and eval_after else "")

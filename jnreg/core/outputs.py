@@ -57,6 +57,8 @@ def build_summary(
         "started_at": started,
         "finished_at": now(),
         "device": device,
+        "processes": config.processes,
+        "global_batch_size": config.global_batch_size,
     }
     validate("training_summary", summary, "training summary", error=ConfigError)
     return summary

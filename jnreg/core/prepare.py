@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from jnreg.core import data as data_mod
@@ -20,6 +20,7 @@ class PreparedData:
     eval: data_mod.Tokenized | None
     renderer: data_mod.Renderer
     first_example: data_mod.Example
+    eval_examples: list[data_mod.Example] = field(default_factory=list)  # the held-out rows, as checked
 
     def stats(self) -> dict[str, Any]:
         lengths = self.train.lengths
@@ -67,7 +68,9 @@ def prepare_data(config: TrainConfig, agent: Agent, tokenizer: Any) -> PreparedD
     renderer = data_mod.Renderer(tokenizer, spec.template, config.prompt_template)
     train = data_mod.tokenize(train_rows, renderer, config.max_seq_length, config.overlong)
     evaluation = data_mod.tokenize(eval_rows, renderer, config.max_seq_length, config.overlong) if eval_rows else None
-    return PreparedData(describe_source(config, agent), checked, train, evaluation, renderer, train_rows[0])
+    return PreparedData(
+        describe_source(config, agent), checked, train, evaluation, renderer, train_rows[0], eval_examples=eval_rows
+    )
 
 
 def marked_example(prepared: PreparedData) -> str:

@@ -134,6 +134,8 @@ class AgentSpec:
     load_dataset: DatasetLoader | None = None
     response_schema: Mapping[str, Any] | None = None
     adapter_name: str | None = None
+    # Default promotion requirements, e.g. ("schema_valid>=0.95",); --require replaces them.
+    requirements: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check(
@@ -166,6 +168,15 @@ class AgentSpec:
                 raise ConfigError(
                     f"agent {self.name!r}: response_schema is not a valid JSON Schema: {exc.message}"
                 ) from None
+        if self.requirements:
+            from jnreg.core.gate import parse_requirements
+
+            _check(not isinstance(self.requirements, str), f"agent {self.name!r}: requirements must be a tuple")
+            object.__setattr__(self, "requirements", tuple(self.requirements))
+            try:
+                parse_requirements(self.requirements, self.response_schema)
+            except ConfigError as exc:
+                raise ConfigError(f"agent {self.name!r}: {exc}") from None
 
     @property
     def default_adapter_name(self) -> str:

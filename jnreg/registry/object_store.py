@@ -50,6 +50,7 @@ from jnreg.registry.agent_map import MAP_FILE
 from jnreg.registry.no_secrets import refuse_secrets
 from jnreg.registry.objects import Bucket, Conflict
 from jnreg.registry.store import (
+    EVALUATIONS,
     MANIFEST,
     REPAIR,
     GcResult,
@@ -145,6 +146,27 @@ class ObjectModelStore(ModelStore):
             raise IntegrityError(f"{what} {self.bucket.where(key)} is not valid JSON: {exc}") from None
         validate(schema, document, f"{what} {self.bucket.where(key)}")
         return document, etag
+
+    # Evaluations: beside the version, as in the local store --------------------------------------
+
+    def _evaluations_key(self, agent: str, version: str, name: str = "") -> str:
+        return f"{check_agent(agent)}/{EVALUATIONS}/{check_version(version)}/{name}"
+
+    def _write_evaluation(self, agent: str, version: str, document: dict[str, Any], rows: bytes) -> None:
+        # Rows first: the record is what makes an evaluation count. Both names are new, so create-only.
+        self.bucket.put_new(self._evaluations_key(agent, version, document["rows_file"]), rows)
+        record_key = self._evaluations_key(agent, version, f"{document['id']}.json")
+        self.bucket.put_new(record_key, dump_json(document).encode("utf-8"))
+
+    def _evaluation_documents(self, agent: str, version: str) -> list[tuple[str, str, bytes]]:
+        found = []
+        for entry in self.bucket.list(self._evaluations_key(agent, version)):
+            name = entry.key.rsplit("/", 1)[-1]
+            if name.startswith("e") and name.endswith(".json"):
+                got = self.bucket.get(entry.key)
+                if got is not None:
+                    found.append((self.bucket.where(entry.key), name[: -len(".json")], got[0]))
+        return sorted(found)
 
     # Reading -------------------------------------------------------------------------------------
 

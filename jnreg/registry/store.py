@@ -57,6 +57,7 @@ AGENT_LOCK = ".lock"
 JOURNAL_LOCK = ".journal.lock"
 PENDING = ".pending.json"
 MANIFEST = "manifest.json"
+EVALUATIONS = "evaluations"  # <agent>/evaluations/<version>/<id>.json and <id>.rows.jsonl, beside the version
 REPAIR = " (`jnreg store promote AGENT VERSION` puts a sound version back in service)"
 
 # Fault injection for the crash tests: a publish, promote or gc SIGKILLs itself at the named point.
@@ -967,3 +968,68 @@ class ModelStore:
                 self._clear_pending(agent)
                 remove_tree(trash)
         return GcResult(removed=remove, kept=kept, dry_run=False)
+
+    # Evaluations: kept beside a version, never inside it, so the version and its digest never change ---------
+
+    def evaluations_dir(self, agent: str, version: str) -> Path:
+        path = self.agent_dir(agent) / EVALUATIONS / check_version(version)
+        for part in (path.parent, path):
+            if part.is_symlink():
+                raise IntegrityError(f"{part} is a symlink; the store never follows links out of its root")
+        return path
+
+    def record_evaluation(
+        self, agent: str, version: str, record: dict[str, Any], rows: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Keep an evaluation of a published version: its rows file, then its record (which makes it count).
+
+        Each is written whole under a name of its own, so no lock is needed and an interrupted write
+        leaves nothing that `evaluations` would read.
+        """
+        manifest = self.manifest(agent, version)
+        if record.get("digest") != manifest["digest"]:
+            raise IntegrityError(f"the evaluation is of digest {record.get('digest')}, not of {agent} {version}")
+        eval_id = datetime.now(timezone.utc).strftime("e%Y%m%dT%H%M%SZ-") + os.urandom(4).hex()
+        document = {
+            **record,
+            "id": eval_id,
+            "agent": agent,
+            "version": version,
+            "created_at": journal.now(),
+            "created_by": journal.who(),
+            "rows_file": f"{eval_id}.rows.jsonl",
+            "jnreg_version": __version__,
+        }
+        validate("evaluation", document, f"evaluation of {agent} {version}", error=StoreError)
+        for row in rows:
+            validate("eval_row", row, f"evaluation row {row.get('index')} of {agent} {version}", error=StoreError)
+        text = "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows)
+        self._write_evaluation(agent, version, document, text.encode("utf-8"))
+        return document
+
+    def _write_evaluation(self, agent: str, version: str, document: dict[str, Any], rows: bytes) -> None:
+        directory = self.evaluations_dir(agent, version)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write(directory / document["rows_file"], rows)
+        atomic_write(directory / f"{document['id']}.json", dump_json(document).encode("utf-8"))
+
+    def _evaluation_documents(self, agent: str, version: str) -> list[tuple[str, str, bytes]]:
+        """(where, name without .json, bytes) of every evaluation record of the version."""
+        directory = self.evaluations_dir(agent, version)
+        if not directory.is_dir():
+            return []
+        return [(str(path), path.stem, path.read_bytes()) for path in sorted(directory.glob("e*.json"))]
+
+    def evaluations(self, agent: str, version: str) -> list[dict[str, Any]]:
+        """The validated evaluations recorded for ``agent`` ``version``, oldest first."""
+        found = []
+        for where, stem, data in self._evaluation_documents(agent, version):
+            try:
+                document = json.loads(data)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise IntegrityError(f"evaluation {where} is not valid JSON: {exc}") from None
+            validate("evaluation", document, f"evaluation {where}")
+            if document["agent"] != agent or document["version"] != version or stem != document["id"]:
+                raise IntegrityError(f"evaluation {where} is of {document['agent']} {document['version']}")
+            found.append(document)
+        return sorted(found, key=lambda d: (d["created_at"], d["id"]))

@@ -18,6 +18,8 @@ SCHEMA_NAMES = (
     "train_config",
     "object_current",
     "object_intent",
+    "evaluation",
+    "eval_row",
 )
 
 

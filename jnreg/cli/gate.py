@@ -1,0 +1,69 @@
+"""The promotion gate: a version goes into service only when its evaluation meets the requirements."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from jnreg.errors import GateError, JnregError
+
+Echo = Callable[[str], None]
+
+
+def requirements_for(agent: str, given: Sequence[str]) -> list[Any]:
+    """The requirements to gate ``agent`` with: ``given``, else its plugin's default; checked now, before any work."""
+    from jnreg.core.gate import parse_requirements
+    from jnreg.core.plugins import get_host
+
+    found = get_host().agents().get(agent)
+    spec = found.spec if found is not None else None
+    texts = list(given) if given else list(spec.requirements if spec is not None else ())
+    return parse_requirements(texts, spec.response_schema if spec is not None else None)
+
+
+def check_requirements(store: Any, agent: str, version: str, requirements: Sequence[Any], echo: Echo) -> dict | None:
+    """The evaluation that meets ``requirements`` (the latest recorded, else a new one); GateError when short."""
+    from jnreg.core.gate import shortfalls
+
+    if not requirements:
+        return None
+    recorded = store.evaluations(agent, version)
+    if recorded:
+        document = recorded[-1]
+        echo(f"checking {', '.join(map(str, requirements))} against evaluation {document['id']}")
+    else:
+        echo(f"{agent} {version} has no evaluation yet; evaluating it for {', '.join(map(str, requirements))}")
+        from jnreg.cli.evaluate import evaluate_version
+
+        document, _ = evaluate_version(store, agent, version, progress=sys.stderr.isatty())
+    missed = shortfalls(requirements, document["metrics"])
+    if missed:
+        raise GateError(f"{'; '.join(missed)} [evaluation {document['id']}]")
+    return document
+
+
+def gated_promote(store: Any, agent: str, version: str, requirements: Sequence[Any], echo: Echo) -> Any:
+    """Promote ``version`` once it meets ``requirements``; a version that falls short stays out of service."""
+    store.manifest(store.require_agent(agent), version)  # a version that does not exist is not a gate failure
+    try:
+        check_requirements(store, agent, version, requirements, echo)
+    except JnregError as exc:
+        raise GateError(f"{agent} {version} not put in service: {exc}") from None
+    return store.promote(agent, version)
+
+
+def gated_publish(
+    store: Any, agent: str, directory: Any, requirements: Sequence[Any], echo: Echo, *, promote: bool = True, **options
+) -> Any:
+    """Publish; with requirements, the version is stored out of service, checked, and promoted only if it passes."""
+    if not requirements or not promote:
+        return store.publish(agent, directory, promote=promote, **options)
+    result = store.publish(agent, directory, promote=False, **options)
+    try:
+        check_requirements(store, agent, result.version, requirements, echo)
+    except JnregError as exc:
+        raise GateError(f"published {agent} {result.version} but did not put it in service: {exc}") from None
+    store.promote(agent, result.version)
+    return dataclasses.replace(result, promoted=True)
