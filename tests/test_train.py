@@ -93,12 +93,19 @@ def test_base_is_nf4_with_double_quantization_and_labels_mask_the_prompt(builtin
         assert labels[-1] == tokenizer.eos_token_id
         assert ids.count(tokenizer.bos_token_id) == 1
 
+    # Rows are packed end to end, without padding: each row's span holds its own labels, EOS last.
     batch = ready.trainer.data_collator([dataset[0], dataset[1]])
-    for row in range(2):
-        length = len(dataset[row]["input_ids"])
-        assert batch["labels"][row, length - 1].item() == tokenizer.eos_token_id
-        assert (batch["labels"][row, length:] == -100).all()
-        assert (batch["attention_mask"][row, length:] == 0).all()
+    lengths = [len(dataset[row]["input_ids"]) for row in range(2)]
+    assert batch["input_ids"].shape == (1, sum(lengths))
+    assert batch["cu_seq_lens_q"].tolist() == [0, lengths[0], sum(lengths)]
+    start = 0
+    for row, length in enumerate(lengths):
+        span = slice(start, start + length)
+        assert batch["input_ids"][0, span].tolist() == dataset[row]["input_ids"]
+        assert batch["labels"][0, span].tolist() == dataset[row]["labels"]
+        assert batch["labels"][0, start + length - 1].item() == tokenizer.eos_token_id
+        assert batch["position_ids"][0, span].tolist() == list(range(length))
+        start += length
 
 
 def _lora_gradients(model, batch) -> dict:

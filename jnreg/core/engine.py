@@ -80,6 +80,8 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
     from transformers import EarlyStoppingCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
+    from jnreg.core.packed_trainer import PackedSFTTrainer
+    from jnreg.core.packing import PackedCollator, can_pack, install_row_attention
     from jnreg.core.progress import TrainingDisplay
 
     datasets.disable_progress_bars()  # the data report says what these map steps would
@@ -102,12 +104,18 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
         revision=config.base_model_revision,
     )
     keep_training_layout(model)  # evaluations run between training steps
+    # --- speed: padding-free rows and gradient checkpointing only where memory needs it ---
+    pack = can_pack(model.config, config.max_seq_length)
+    if pack:
+        install_row_attention(model)
+    recompute = preflight.needs_checkpointing(model.config, config, prepared, report)
+    # --- end speed ---
     checkpointing = {"use_reentrant": False}
     if config.quantization != "none":
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs=checkpointing
+            model, use_gradient_checkpointing=recompute, gradient_checkpointing_kwargs=checkpointing
         )
-    else:
+    elif recompute:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
         model.enable_input_require_grads()
     lora = LoraConfig(
@@ -150,8 +158,8 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
         seed=config.seed,
         data_seed=config.seed,
         report_to=[] if config.report_to == "none" else [config.report_to],
-        gradient_checkpointing=True,
-        gradient_checkpointing_kwargs=checkpointing,
+        gradient_checkpointing=recompute,
+        gradient_checkpointing_kwargs=checkpointing if recompute else None,
         bf16=use_cuda and torch.cuda.is_bf16_supported(),
         fp16=use_cuda and not torch.cuda.is_bf16_supported(),
         use_cpu=not use_cuda,
@@ -168,9 +176,10 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
     extra = list(callbacks)
     if has_eval and config.early_stopping_patience is not None:
         extra.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
-    trainer = SFTTrainer(
+    trainer = (PackedSFTTrainer if pack else SFTTrainer)(
         model=model,
         args=args,
+        data_collator=PackedCollator() if pack else None,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,

@@ -178,3 +178,58 @@ def estimate_gpu_memory(
         "activation_bytes": int(activations),
         "total_bytes": int(total),
     }
+
+
+def activation_bytes(model_config: Any, tokens: int, *, dtype_bytes: int, checkpointing: bool) -> int:
+    """Activations kept for the backward pass of ``tokens`` tokens, with or without gradient checkpointing.
+
+    A decoder layer keeps about 16 hidden-sized and 5 MLP-sized values a token (norms, q/k/v,
+    attention output, residuals, the gated MLP's three projections); checkpointing keeps only
+    each layer's input and recomputes one layer at a time.
+    """
+    hidden = getattr(model_config, "hidden_size", 4096)
+    layers = getattr(model_config, "num_hidden_layers", 32)
+    intermediate = getattr(model_config, "intermediate_size", 4 * hidden)
+    per_layer = tokens * (16 * hidden + 5 * intermediate) * dtype_bytes
+    if checkpointing:
+        return tokens * hidden * dtype_bytes * layers + per_layer
+    return per_layer * layers
+
+
+def needs_checkpointing(model_config: Any, config: Any, prepared: Any, report: Report) -> bool:
+    """Whether a batch of the longest rows needs gradient checkpointing to fit in this device's memory.
+
+    On a GPU the estimate without checkpointing must stay under 85% of its memory. On the CPU
+    the activations must stay under an eighth of the memory available now, so a run never
+    competes with the rest of the machine for it.
+    """
+    longest = min(config.max_seq_length, max(prepared.train.lengths))
+    tokens = config.train_batch_size * longest
+    if report.device == "cuda":
+        estimate = estimate_gpu_memory(
+            model_config,
+            quantization=config.quantization,
+            target_modules=config.target_modules,
+            r=config.adapter_r,
+            batch_size=config.train_batch_size,
+            seq_len=longest,
+        )
+        without = estimate["total_bytes"] - estimate["activation_bytes"]
+        without += activation_bytes(model_config, tokens, dtype_bytes=2, checkpointing=False)
+        return without > 0.85 * (report.gpu_bytes or RTX_3090_BYTES)
+    needed = activation_bytes(model_config, tokens, dtype_bytes=4, checkpointing=False)
+    return needed > available_memory() / 8
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation now (Linux's MemAvailable; else all physical memory)."""
+    import os
+
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

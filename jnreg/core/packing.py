@@ -1,0 +1,108 @@
+"""Padding-free batches: a batch's rows laid end to end in one sequence, with no attention across rows.
+
+The rows of a batch become one row of ``sum(lengths)`` tokens. Each keeps its own positions
+(0, 1, ...), and attention runs on each row's span on its own (``row_attention``), so a packed
+row computes exactly what it computes alone, padding costs nothing and attention costs
+``sum(L_i^2)`` rather than ``batch * max(L)^2``.
+
+Resetting ``position_ids`` alone does not keep rows apart under transformers' sdpa, eager or
+flex attention on the CPU; a dense block-diagonal mask does, but costs ``(sum L_i)^2``. The
+row boundaries travel as ``cu_seq_lens_q``/``cu_seq_lens_k``, the names FlashAttention's varlen
+kernels read, and ``row_attention`` splits on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+ATTENTION = "jnreg_rows"
+IGNORE = -100
+
+
+def row_attention(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[Any, None]:
+    """sdpa on each packed row's span alone; a batch without row boundaries is plain sdpa."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    bounds = kwargs.pop("cu_seq_lens_q", None)
+    for name in ("cu_seq_lens_k", "max_length_q", "max_length_k"):
+        kwargs.pop(name, None)
+    if bounds is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    if query.shape[0] != 1 or attention_mask is not None:
+        raise ValueError("packed rows need a batch of one sequence and no attention mask")
+    cuts = bounds.tolist()
+    pieces = [
+        sdpa_attention_forward(
+            module,
+            query[:, :, start:end],
+            key[:, :, start:end],
+            value[:, :, start:end],
+            None,
+            dropout,
+            scaling,
+            **kwargs,
+        )[0]
+        for start, end in zip(cuts[:-1], cuts[1:], strict=True)
+        if end > start
+    ]
+    return torch.cat(pieces, dim=1), None
+
+
+def install_row_attention(model: Any) -> None:
+    """Make ``model`` attend within packed rows; padded batches (generation, a plain forward) stay sdpa."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION, row_attention)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+    model.set_attn_implementation(ATTENTION)
+
+
+def can_pack(model_config: Any, max_length: int) -> bool:
+    """Rows are attended whole, so a sliding window shorter than a row would be ignored: pack only without one."""
+    window = getattr(model_config, "sliding_window", None)
+    return window is None or window >= max_length
+
+
+class PackedCollator:
+    """Rows with ``input_ids`` and ``labels`` into one padding-free sequence with row boundaries.
+
+    Each row's first label is ignored, as the shift in an unpacked batch drops it, so no row
+    learns from the token before it. ``rows`` comes first: it is what the Trainer counts as
+    the batch size when it averages evaluation losses over batches.
+    """
+
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        lengths = [len(example["input_ids"]) for example in examples]
+        input_ids = torch.tensor([t for example in examples for t in example["input_ids"]], dtype=torch.long)
+        labels = torch.tensor(
+            [t for example in examples for t in example.get("labels", example["input_ids"])], dtype=torch.long
+        )
+        starts = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+        labels[starts[:-1].long()] = IGNORE
+        positions = torch.cat([torch.arange(length) for length in lengths])
+        return {
+            "rows": torch.tensor(lengths, dtype=torch.long),
+            "input_ids": input_ids[None],
+            "labels": labels[None],
+            "position_ids": positions[None],
+            # All ones: transformers then builds no dense mask, and counts every token as real.
+            "attention_mask": torch.ones(1, len(input_ids), dtype=torch.long),
+            "cu_seq_lens_q": starts,
+            "cu_seq_lens_k": starts,
+            "max_length_q": max(lengths),
+            "max_length_k": max(lengths),
+        }
