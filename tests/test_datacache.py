@@ -117,6 +117,11 @@ def test_fresh_run_and_cache_hit_equal_the_list_pipeline(tmp_path, cache, builti
     meta = json.loads((entries[0] / "meta.json").read_text())
     assert schema_errors("data_cache", meta) == []
 
+    # Held-out rows that training drops as too long are not kept for evaluation either.
+    dropping = prepare_data(config_for(agent, tmp_path, overlong="drop", max_seq_length=300), agent, tokenizer)
+    kept = dropping.eval_rows.read_text(encoding="utf-8").splitlines()
+    assert dropping.eval.dropped and len(kept) == len(dropping.eval) < len(eval_rows)
+
 
 def test_parallel_tokenizing_gives_the_serial_rows(tmp_path, cache, builtin_agents, tokenizer, monkeypatch):
     agent = builtin_agents.get("synthesizer")

@@ -25,6 +25,7 @@ from jnreg.registry import ModelStore
 from jnreg.schemas import errors as schema_errors
 
 from .helpers import heavy_imports_after
+from .test_registry_object_store import s3_endpoint, s3_env  # noqa: F401  (fixtures: a moto S3 server)
 
 TINY = "jnreg:tiny-mistral"
 AGENT = "fact_checker"
@@ -294,6 +295,48 @@ def test_publish_gate_evaluates_a_version_with_no_results_first(trained, tmp_pat
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout)["promoted"] is True and store.current(AGENT) == "v4"
     assert store.evaluations(AGENT, "v4")[0]["metrics"]["rows"] == 4
+
+
+def test_the_gate_counts_only_an_evaluation_of_every_recorded_row(trained, tmp_path):
+    root = trained[0]
+    store = ModelStore(root)
+    source = copy_adapter(trained, tmp_path / "partial")
+    done = jnreg("--store-root", str(root), "store", "publish", AGENT, str(source), "--adapter-version", "v5",
+                 "--no-promote")  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert jnreg("--store-root", str(root), "eval", AGENT, "--version", "v5", "--limit", "1").exit_code == 0
+    assert [e["metrics"]["rows"] for e in store.evaluations(AGENT, "v5")] == [1]
+    # One row says too little: the gate evaluates every recorded row before putting v5 in service.
+    done = jnreg("--store-root", str(root), "store", "promote", AGENT, "v5", "--require", "rows>=4")
+    assert done.exit_code == 0, done.output
+    assert "has no evaluation of all its recorded eval rows yet" in done.output
+    assert store.current(AGENT) == "v5"
+    assert [e["metrics"]["rows"] for e in store.evaluations(AGENT, "v5")] == [1, 4]
+
+
+def test_eval_gate_and_export_work_on_an_object_store(trained, tmp_path, s3_env):  # noqa: F811
+    import urllib.request
+    import uuid
+
+    bucket = f"jnreg-{uuid.uuid4().hex[:16]}"
+    urllib.request.urlopen(urllib.request.Request(f"{s3_env}/{bucket}", method="PUT"), timeout=10).read()
+    root = f"s3://{bucket}/store"
+    source = copy_adapter(trained, tmp_path / "adapter")
+    done = jnreg("--store-root", root, "store", "publish", AGENT, str(source), "--adapter-version", "v1",
+                 "--no-promote")  # fmt: skip
+    assert done.exit_code == 0, done.output
+    done = jnreg("--store-root", root, "eval", AGENT, "--version", "v1", "--limit", "1", "--json")
+    assert done.exit_code == 0, done.output
+    result = json.loads(done.stdout)
+    assert result["rows_path"].startswith(f"s3://{bucket}/store/{AGENT}/evaluations/v1/")
+    assert result["evaluation"]["rows_source"]["kind"] == "recorded"
+    done = jnreg("--store-root", root, "store", "promote", AGENT, "v1", "--require", "rows>=4")
+    assert done.exit_code == 0, done.output
+    store = ModelStore(root)
+    assert store.current(AGENT) == "v1" and [e["metrics"]["rows"] for e in store.evaluations(AGENT, "v1")] == [1, 4]
+    done = jnreg("--store-root", root, "export", AGENT, "--merged", str(tmp_path / "merged"), "--dtype", "fp32")
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "merged" / "config.json").is_file()
 
 
 def test_against_prints_both_versions_and_the_rows_that_differ(trained, tmp_path):

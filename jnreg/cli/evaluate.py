@@ -12,6 +12,7 @@ import click
 from jnreg.cli.base import echo_json, open_store
 from jnreg.cli.train import MultiValueCommand
 from jnreg.errors import DataError
+from jnreg.names import EVAL_ROWS_FILE
 
 SHOWN = ("rows", "eval_loss", "json_rate", "schema_valid", "exact_match")
 
@@ -37,7 +38,7 @@ def evaluate_version(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Load ``version`` through ``jnreg.registry.load``, evaluate it, record the result; (record, rows)."""
     from jnreg.core.data import expand_files
-    from jnreg.core.evaluate import EVAL_ROWS_FILE, evaluate, read_eval_rows, rows_digest
+    from jnreg.core.evaluate import evaluate, read_eval_rows, rows_digest
     from jnreg.core.models import quiet_library_warnings
     from jnreg.registry import load
 
@@ -46,7 +47,7 @@ def evaluate_version(
     if eval_files:
         files, kind = [str(p.absolute()) for p in expand_files(eval_files)], "files"
     else:
-        recorded = store.version_dir(agent, version) / EVAL_ROWS_FILE
+        recorded = store.resolve(agent, version).adapter_path / EVAL_ROWS_FILE  # a local copy on an object store
         if not recorded.is_file():
             raise DataError(
                 f"{agent} {version} has no eval rows recorded with it (no {EVAL_ROWS_FILE}); pass --eval-files"
@@ -57,13 +58,7 @@ def evaluate_version(
     if limit is not None:
         examples = examples[:limit]
     quiet_library_warnings()
-    model, tokenizer = load(
-        agent,
-        version,
-        None if quantization == "none" else quantization,
-        store_root=store.root,
-        agent_map=store.map_path,
-    )
+    model, tokenizer = load(agent, version, None if quantization == "none" else quantization, store=store)
     try:
         result = evaluate(
             model,
@@ -154,7 +149,7 @@ def eval_(
     as_json: bool,
 ) -> None:
     """Evaluate AGENT's stored adapter on eval rows as serving would answer them, and record the result."""
-    from jnreg.core.evaluate import EVAL_ROWS_FILE, differing_rows
+    from jnreg.core.evaluate import differing_rows
 
     store = open_store(ctx)
     _spec(agent)  # an unknown agent fails before anything is loaded
@@ -172,9 +167,9 @@ def eval_(
     }
     doc_a, rows_a = evaluate_version(store, agent, first, eval_files=eval_files, **options)
     if second is None:
-        rows_path = store.evaluations_dir(agent, first) / doc_a["rows_file"]
+        rows_path = store.evaluation_location(agent, first, doc_a["rows_file"])
         if as_json:
-            echo_json({"agent": agent, "version": first, "evaluation": doc_a, "rows_path": str(rows_path)})
+            echo_json({"agent": agent, "version": first, "evaluation": doc_a, "rows_path": rows_path})
             return
         source = doc_a["rows_source"]
         click.echo(f"{agent} {first}: {doc_a['metrics']['rows']} row(s) from {', '.join(source['files'])}")
@@ -184,7 +179,7 @@ def eval_(
         click.echo(f"recorded as evaluation {doc_a['id']} of {agent} {first}")
         return
     # The second version answers exactly the rows the first one did.
-    same_rows = eval_files or (str(store.version_dir(agent, first) / EVAL_ROWS_FILE),)
+    same_rows = eval_files or (str(store.resolve(agent, first).adapter_path / EVAL_ROWS_FILE),)
     doc_b, rows_b = evaluate_version(store, agent, second, eval_files=same_rows, **options)
     differ = differing_rows(rows_a, rows_b)
     if as_json:

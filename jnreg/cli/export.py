@@ -42,8 +42,7 @@ def export(ctx: click.Context, agent: str, version: str | None, target: Path, dt
         agent,
         resolution.version,
         None if quantization == "none" else quantization,
-        store_root=store.root,
-        agent_map=store.map_path,
+        store=store,
         device_map={"": "cpu"},  # the merge upcasts to fp32: host memory, not the GPU's
     )
     merged = merge_adapter(model, dtype)

@@ -24,17 +24,26 @@ def requirements_for(agent: str, given: Sequence[str]) -> list[Any]:
 
 
 def check_requirements(store: Any, agent: str, version: str, requirements: Sequence[Any], echo: Echo) -> dict | None:
-    """The evaluation that meets ``requirements`` (the latest recorded, else a new one); GateError when short."""
+    """The evaluation that meets ``requirements`` (the latest whole one recorded, else a new one); GateError when short.
+
+    Only an evaluation of every recorded eval row counts: one cut short by ``--limit``, or made on other
+    files, says too little about the version to put it in service.
+    """
     from jnreg.core.gate import shortfalls
 
     if not requirements:
         return None
-    recorded = store.evaluations(agent, version)
+    recorded = [
+        document
+        for document in store.evaluations(agent, version)
+        if document["settings"]["limit"] is None and document["rows_source"]["kind"] == "recorded"
+    ]
     if recorded:
         document = recorded[-1]
         echo(f"checking {', '.join(map(str, requirements))} against evaluation {document['id']}")
     else:
-        echo(f"{agent} {version} has no evaluation yet; evaluating it for {', '.join(map(str, requirements))}")
+        wanted = ", ".join(map(str, requirements))
+        echo(f"{agent} {version} has no evaluation of all its recorded eval rows yet; evaluating it for {wanted}")
         from jnreg.cli.evaluate import evaluate_version
 
         document, _ = evaluate_version(store, agent, version, progress=sys.stderr.isatty())

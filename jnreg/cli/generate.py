@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from jnreg.cli.base import echo_json, settings
+from jnreg.cli.base import echo_json, open_store
 
 
 @click.command()
@@ -32,15 +32,15 @@ def generate(
     from jnreg.core.generation import generate_answer
     from jnreg.core.models import quiet_library_warnings
     from jnreg.core.plugins import get_host
-    from jnreg.registry import load, resolve
+    from jnreg.registry import load
 
     if prompt == "-":
         prompt = sys.stdin.read()
     quiet_library_warnings()
     spec = get_host().get(agent).spec
-    where = {"store_root": settings(ctx).store_root, "agent_map": settings(ctx).agent_map}
-    resolution = resolve(agent, version, **where)
-    model, tokenizer = load(agent, resolution.version, None if quantization == "none" else quantization, **where)
+    store = open_store(ctx)
+    resolution = store.resolve(agent, version)
+    model, tokenizer = load(agent, resolution.version, None if quantization == "none" else quantization, store=store)
     answer = generate_answer(model, tokenizer, spec, prompt, max_new_tokens=max_new_tokens, temperature=temperature)
     result = {"agent": agent, "version": resolution.version} | answer
     if as_json:

@@ -29,10 +29,10 @@ from jnreg.core import data as data_mod
 from jnreg.core.tiny_model import cache_dir as models_cache_dir
 from jnreg.errors import DataError
 from jnreg.fsutil import atomic_write, dump_json
+from jnreg.names import EVAL_ROWS_FILE
 from jnreg.schemas import errors as schema_errors
 
 FORMAT_VERSION = 2
-EVAL_ROWS = "eval_rows.jsonl"
 META_FILE = "meta.json"
 KEEP = 8  # entries kept; each is about 5 bytes per token of its rows
 CHUNK = 256  # rows per worker task and per Arrow record batch
@@ -227,12 +227,12 @@ class _SplitWriter:
         self.truncated: list[str] = []
         self.dropped: list[str] = []
 
-    def add(self, where: str, prompt: list[int], completion: list[int]) -> None:
-        # The same decisions, in the same order, as data.tokenize.
+    def add(self, where: str, prompt: list[int], completion: list[int]) -> bool:
+        """Whether the row was kept; the same decisions, in the same order, as data.tokenize."""
         kept = data_mod.fit(prompt, completion, self.max_length, self.overlong)
         if kept is None:
             self.dropped.append(data_mod.too_long(where, prompt, completion, self.max_length))
-            return
+            return False
         if kept is not prompt:
             self.truncated.append(where)
         self.count += 1
@@ -242,6 +242,7 @@ class _SplitWriter:
         self._masks.append([0] * len(kept) + [1] * len(completion))
         if len(self._ids) >= CHUNK:
             self._flush()
+        return True
 
     def _flush(self) -> None:
         import pyarrow as pa
@@ -333,20 +334,20 @@ def tokenize_to(
     train_out = _SplitWriter(directory / "train.arrow", max_length, overlong)
     eval_out = _SplitWriter(directory / "eval.arrow", max_length, overlong)
     eval_in = len(held) + (evaluation.count if evaluation else 0)
-    held_rows = (directory / EVAL_ROWS).open("w", encoding="utf-8")
+    held_rows = (directory / EVAL_ROWS_FILE).open("w", encoding="utf-8")
     try:
         index = 0
         for example, (prompt, completion) in _rendered(train.examples(), renderer, processes):
             if index in held:
-                eval_out.add(example.where, prompt, completion)
-                held_rows.write(data_mod.row_line(example))
+                if eval_out.add(example.where, prompt, completion):  # a dropped row was not evaluated
+                    held_rows.write(data_mod.row_line(example))
             else:
                 train_out.add(example.where, prompt, completion)
             index += 1
         if evaluation is not None:
             for example, (prompt, completion) in _rendered(evaluation.examples(), renderer, processes):
-                eval_out.add(example.where, prompt, completion)
-                held_rows.write(data_mod.row_line(example))
+                if eval_out.add(example.where, prompt, completion):
+                    held_rows.write(data_mod.row_line(example))
     finally:
         held_rows.close()
         train_counts, eval_counts = train_out.close(), eval_out.close()
@@ -354,7 +355,7 @@ def tokenize_to(
         raise data_mod.no_rows_fit(max_length)
     if not eval_in:
         (directory / "eval.arrow").unlink()
-        (directory / EVAL_ROWS).unlink()
+        (directory / EVAL_ROWS_FILE).unlink()
     return {"train": train_counts, "eval": eval_counts if eval_in else None}
 
 
@@ -390,7 +391,7 @@ def _entry(directory: Path, meta: dict[str, Any]) -> Entry:
         CheckedStream.from_summary(checked["train"]),
         CheckedStream.from_summary(checked["eval"]) if checked["eval"] else None,
         data_mod.Example(**checked["first_example"]),
-        directory / EVAL_ROWS if meta["eval"] is not None else None,
+        directory / EVAL_ROWS_FILE if meta["eval"] is not None else None,
     )
 
 
@@ -430,7 +431,7 @@ def lookup(key: str) -> Entry | None:
     if schema_errors("data_cache", meta) or meta.get("key") != key:
         return None
     files = [directory / "train.arrow"]
-    files += [directory / "eval.arrow", directory / EVAL_ROWS] if meta["eval"] is not None else []
+    files += [directory / "eval.arrow", directory / EVAL_ROWS_FILE] if meta["eval"] is not None else []
     if not all(f.is_file() for f in files):
         return None
     try:
@@ -460,7 +461,7 @@ def store(key: str, work: Path, counts: dict[str, Any], checked: dict[str, Any],
     assert not problems, problems
     entry = work / "entry"
     entry.mkdir()
-    for name in ("train.arrow", "eval.arrow", EVAL_ROWS):
+    for name in ("train.arrow", "eval.arrow", EVAL_ROWS_FILE):
         if (work / name).exists():
             os.replace(work / name, entry / name)
     atomic_write(entry / META_FILE, dump_json(meta).encode("utf-8"))

@@ -104,12 +104,11 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
         revision=config.base_model_revision,
     )
     keep_training_layout(model)  # evaluations run between training steps
-    # --- speed: padding-free rows and gradient checkpointing only where memory needs it ---
+    # Rows packed without padding, and activations recomputed only where memory needs it.
     pack = can_pack(model.config, config.max_seq_length)
     if pack:
         install_row_attention(model)
     recompute = preflight.needs_checkpointing(model.config, config, prepared, report)
-    # --- end speed ---
     checkpointing = {"use_reentrant": False}
     if config.quantization != "none":
         model = prepare_model_for_kbit_training(
@@ -213,8 +212,8 @@ def _final_eval_loss(trainer: Any) -> float:
 
 def _save_eval_rows(output_dir: Path, prepared: PreparedData) -> None:
     """The held-out rows beside the adapter, so they are published with it and `jnreg eval` finds them."""
-    from jnreg.core.evaluate import EVAL_ROWS_FILE
     from jnreg.fsutil import atomic_write
+    from jnreg.names import EVAL_ROWS_FILE
 
     path = output_dir / EVAL_ROWS_FILE
     if prepared.eval_rows is not None:

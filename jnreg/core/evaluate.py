@@ -20,7 +20,6 @@ from jnreg.core.spec import AgentSpec, DataOptions
 from jnreg.errors import DataError
 
 # The held-out rows of a training run, written beside the adapter and published with it.
-EVAL_ROWS_FILE = "eval_rows.jsonl"
 
 
 def read_eval_rows(files: Sequence[str | Path], spec: AgentSpec, options: DataOptions | None = None) -> list:

@@ -11,13 +11,13 @@ from typing import Any
 
 from jnreg.errors import IntegrityError, StoreError
 from jnreg.fsutil import read_json
+from jnreg.names import EVAL_ROWS_FILE
 from jnreg.registry.no_secrets import refuse_secrets
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 SUMMARY = "training_summary.json"
 MODEL_CARD = "README.md"
-EVAL_ROWS = "eval_rows.jsonl"  # the training run's held-out rows, published so `jnreg eval` can reuse them
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -29,7 +29,7 @@ TOKENIZER_FILES = (
     "merges.txt",
 )
 # Everything a loader needs and nothing else: no checkpoints, optimizer state or pickles.
-COPIED_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CARD, EVAL_ROWS, *TOKENIZER_FILES)
+COPIED_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CARD, EVAL_ROWS_FILE, *TOKENIZER_FILES)
 BINARY_FILES = frozenset({ADAPTER_WEIGHTS, "tokenizer.model"})
 LORA_TYPES = frozenset({"LORA", "ADALORA"})
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024

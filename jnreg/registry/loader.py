@@ -47,9 +47,13 @@ def load(
     store_root: Path | str | None = None,
     agent_map: Path | str | None = None,
     device_map: Any = None,
+    store: ModelStore | None = None,
 ) -> tuple[Any, Any]:
-    """(PeftModel, tokenizer) for ``agent``, after checking every file's checksum and the base model."""
-    store = ModelStore(store_root, agent_map)
+    """(PeftModel, tokenizer) for ``agent``, after checking every file's checksum and the base model.
+
+    ``store``, when given, is the store to load from, in place of ``store_root`` and ``agent_map``.
+    """
+    store = store or ModelStore(store_root, agent_map)
     resolution = store.resolve(agent, version)
     problems = store.check_copy(resolution)
     if problems:

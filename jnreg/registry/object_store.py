@@ -152,6 +152,9 @@ class ObjectModelStore(ModelStore):
     def _evaluations_key(self, agent: str, version: str, name: str = "") -> str:
         return f"{check_agent(agent)}/{EVALUATIONS}/{check_version(version)}/{name}"
 
+    def evaluation_location(self, agent: str, version: str, name: str) -> str:
+        return self.bucket.where(self._evaluations_key(agent, version, name))
+
     def _write_evaluation(self, agent: str, version: str, document: dict[str, Any], rows: bytes) -> None:
         # Rows first: the record is what makes an evaluation count. Both names are new, so create-only.
         self.bucket.put_new(self._evaluations_key(agent, version, document["rows_file"]), rows)

@@ -1007,6 +1007,10 @@ class ModelStore:
         self._write_evaluation(agent, version, document, text.encode("utf-8"))
         return document
 
+    def evaluation_location(self, agent: str, version: str, name: str) -> str:
+        """Where the evaluation file ``name`` of the version is kept, for people to read."""
+        return str(self.evaluations_dir(agent, version) / name)
+
     def _write_evaluation(self, agent: str, version: str, document: dict[str, Any], rows: bytes) -> None:
         directory = self.evaluations_dir(agent, version)
         directory.mkdir(parents=True, exist_ok=True)
