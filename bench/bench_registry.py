@@ -16,39 +16,27 @@ written (as an installed package has them) even where PYTHONDONTWRITEBYTECODE is
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import benchlib  # noqa: E402
 
 from jnreg.registry import ModelStore  # noqa: E402
 from jnreg.registry import journal as journal_module  # noqa: E402
 from jnreg.registry.store import MANIFEST  # noqa: E402
 from tests.registry_helpers import make_adapter  # noqa: E402
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count()}
 
 
 def figure(
@@ -62,21 +50,20 @@ def figure(
     limit: float | None,
 ) -> dict[str, Any]:
     """One figure; ``limit`` is the most (or, for 'higher', the least) ratio that meets the target."""
-    ratio = round(value / alternative_value, 3) if alternative_value else None
     met = None
-    if limit is not None and ratio is not None:
+    if limit is not None and alternative_value:
+        ratio = round(value / alternative_value, 3)
         met = ratio <= limit if better == "lower" else ratio >= limit
-    return {
-        "name": name,
-        "jnreg": round(value, 4),
-        "unit": unit,
-        "alternative": alternative,
-        "alternative_value": round(alternative_value, 4) if alternative_value is not None else None,
-        "ratio": ratio,
-        "better": better,
-        "target": target,
-        "met": met,
-    }
+    return benchlib.figure(
+        name,
+        value,
+        unit,
+        better=better,
+        alternative=alternative,
+        alternative_value=alternative_value,
+        target=target,
+        met=met,
+    )
 
 
 def source_dir(path: Path, seed: int, weights_bytes: int = 0) -> Path:
@@ -249,15 +236,15 @@ def bench_concurrent(work: Path, writers: int) -> list[dict[str, Any]]:
             rate, "versions/s", f"{writers} publishes one after another in one process", writers / seq_time,
             "higher", None, None,
         ),
-        figure(f"versions lost by {writers} concurrent publishers", lost, "versions", None, None, "lower", "0", None)
-        | {"met": lost == 0},
+        benchlib.figure(
+            f"versions lost by {writers} concurrent publishers", lost, "versions", better="lower", target="0",
+            met=lost == 0,
+        ),
     ]  # fmt: skip
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / f"{Path(__file__).stem}.json")
-    parser.add_argument("--quick", action="store_true", help="Fewer runs and a 50 MB adapter, for a smoke test.")
+    parser = benchlib.parser(__file__, __doc__, quick="Fewer runs and a 50 MB adapter, for a smoke test.")
     args = parser.parse_args()
     samples, runs, size = (3, 5, 50 << 20) if args.quick else (7, 9, 200 << 20)
     with tempfile.TemporaryDirectory(prefix="jnreg-bench-registry-") as tmp:
@@ -266,16 +253,7 @@ def main() -> None:
         figures += bench_cli(work, runs)
         figures.append(bench_large(work, size))
         figures += bench_concurrent(work, 32)
-    result = {
-        "benchmark": Path(__file__).stem,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "machine": machine(),
-        "figures": figures,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    benchlib.write(__file__, args.out, figures)
 
 
 if __name__ == "__main__":

@@ -15,18 +15,18 @@ runs one after the other), so both share whatever load the machine has.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import random
-import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
 
 AGENT = "synthesizer"
 MODEL = {
@@ -133,18 +133,12 @@ def build_model(directory: Path) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def run_measured(argv: list[str], log: Path, threads: int | None = None) -> tuple[float, int, int]:
-    """Run a command; its wall clock, exit status and peak RSS in bytes (its own, from wait4)."""
+def run_measured(argv: list[str], threads: int | None = None) -> dict:
+    """Run a command offline to completion: its wall clock and its own peak RSS (``benchlib.run_child``)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    with log.open("w") as out:
-        start = time.perf_counter()
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return wall, process.returncode, usage.ru_maxrss * 1024
+    return benchlib.run_child(argv, env=env)
 
 
 def peer(work: Path) -> None:
@@ -231,38 +225,9 @@ def peer(work: Path) -> None:
     (work / "peer.json").write_text(json.dumps(result))
 
 
-def figure(name, mine, unit, alternative, theirs, better, target=None, met=None) -> dict:
-    ratio = mine / theirs if theirs else None
-    return {
-        "name": name,
-        "jnreg": round(mine, 4),
-        "unit": unit,
-        "alternative": alternative,
-        "alternative_value": None if theirs is None else round(theirs, 4),
-        "ratio": None if ratio is None else round(ratio, 4),
-        "better": better,
-        "target": target,
-        "met": met,
-    }
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count()}
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchlib.parser(__file__, __doc__, quick="32 rows: a smoke run, not a measurement.")
     parser.add_argument("--rows", type=int, default=256, help="Training rows (another 10%% are held out).")
-    parser.add_argument("--quick", action="store_true", help="32 rows: a smoke run, not a measurement.")
-    parser.add_argument("--out", type=Path, default=Path("bench/results") / f"{Path(__file__).stem}.json")
     parser.add_argument("--sequential", action="store_true", help="Run jnreg, then the peer (default: together).")
     parser.add_argument("--peer-in", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -296,21 +261,16 @@ def main() -> None:
             "peer": [sys.executable, __file__, "--peer-in", str(work)],
         }
         if args.sequential:
-            done = {side: run_measured(argv, work / f"{side}.log") for side, argv in commands.items()}
+            done = {side: run_measured(argv) for side, argv in commands.items()}
         else:
             # Side by side, so both see the same load from whatever else runs on the machine.
             with ThreadPoolExecutor(2) as pool:
                 # Half the cores each: oversubscribed OpenMP threads spin and skew the comparison.
                 threads = max(1, (os.cpu_count() or 2) // 2)
-                futures = {
-                    side: pool.submit(run_measured, argv, work / f"{side}.log", threads)
-                    for side, argv in commands.items()
-                }
+                futures = {side: pool.submit(run_measured, argv, threads) for side, argv in commands.items()}
                 done = {side: future.result() for side, future in futures.items()}
-        for side, (_, code, _) in done.items():
-            if code != 0:
-                sys.exit(f"{side} failed:\n{(work / f'{side}.log').read_text()[-3000:]}")
-        (wall, _, jnreg_rss), (_, _, peer_rss) = done["jnreg"], done["peer"]
+        wall, jnreg_rss = done["jnreg"]["wall_s"], done["jnreg"]["peak_rss_bytes"]
+        peer_rss = done["peer"]["peak_rss_bytes"]
         summary = json.loads((work / "jnreg" / "training_summary.json").read_text())
         theirs = json.loads((work / "peer.json").read_text())
 
@@ -318,32 +278,26 @@ def main() -> None:
     mine_tps = dataset["supervised_tokens"] * SETTINGS["epochs"] / metrics["runtime_s"]
     peer_tps = theirs["supervised_tokens"] * SETTINGS["epochs"] / theirs["runtime_s"]
     trl = "TRL SFTTrainer"
+    peer_loop = f"{trl} trainer.train()"
     figures = [
-        figure("supervised tokens/s, training loop", mine_tps, "tokens/s", trl, peer_tps, "higher",
-               ">= 1.5x the peer", mine_tps >= 1.5 * peer_tps),
-        figure("whole jnreg train command vs the peer's trainer.train() alone", wall, "s",
-               f"{trl} trainer.train()", theirs["runtime_s"], "lower", "below the peer's training loop",
-               wall < theirs["runtime_s"]),
-        figure("training loop", metrics["runtime_s"], "s", f"{trl} trainer.train()", theirs["runtime_s"], "lower"),
-        figure("held-out eval loss after training", metrics["eval_loss"], "loss", trl, theirs["eval_loss"], "lower",
-               "equal (within 0.1%) or lower", metrics["eval_loss"] <= theirs["eval_loss"] * 1.001),
-        figure("peak RSS", jnreg_rss / 2**20, "MiB", trl, peer_rss / 2**20, "lower", "<= 1.1x the peer",
-               jnreg_rss <= 1.1 * peer_rss),
-        figure("supervised tokens trained", dataset["supervised_tokens"], "tokens", trl, theirs["supervised_tokens"],
-               "higher"),
+        benchlib.figure("supervised tokens/s, training loop", mine_tps, "tokens/s", better="higher", alternative=trl,
+                        alternative_value=peer_tps, target=">= 1.5x the peer", met=mine_tps >= 1.5 * peer_tps),
+        benchlib.figure("whole jnreg train command vs the peer's trainer.train() alone", wall, "s", better="lower",
+                        alternative=peer_loop, alternative_value=theirs["runtime_s"],
+                        target="below the peer's training loop", met=wall < theirs["runtime_s"]),
+        benchlib.figure("training loop", metrics["runtime_s"], "s", better="lower", alternative=peer_loop,
+                        alternative_value=theirs["runtime_s"]),
+        benchlib.figure("held-out eval loss after training", metrics["eval_loss"], "loss", better="lower",
+                        alternative=trl, alternative_value=theirs["eval_loss"], target="equal (within 0.1%) or lower",
+                        met=metrics["eval_loss"] <= theirs["eval_loss"] * 1.001),
+        benchlib.figure("peak RSS", jnreg_rss / 2**20, "MiB", better="lower", alternative=trl,
+                        alternative_value=peer_rss / 2**20, target="<= 1.1x the peer", met=jnreg_rss <= 1.1 * peer_rss),
+        benchlib.figure("supervised tokens trained", dataset["supervised_tokens"], "tokens", better="higher",
+                        alternative=trl, alternative_value=theirs["supervised_tokens"]),
     ]  # fmt: skip
-    report = {
-        "benchmark": Path(__file__).stem,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "rows": {"train": rows, "eval": held_out},
-        "side_by_side": not args.sequential,
-        "figures": figures,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    benchlib.write(
+        __file__, args.out, figures, rows={"train": rows, "eval": held_out}, side_by_side=not args.sequential
+    )
 
 
 if __name__ == "__main__":

@@ -24,13 +24,13 @@ BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 
 
-def parser(script: str, doc: str | None) -> argparse.ArgumentParser:
-    """An argument parser with the contract's ``--out`` and ``--quick`` options."""
+def parser(script: str, doc: str | None, *, quick: str = "smaller sizes, for a fast look") -> argparse.ArgumentParser:
+    """An argument parser with the contract's ``--out`` and ``--quick`` options; ``quick`` says what it shrinks."""
     stem = Path(script).stem
     first = (doc or stem).strip().splitlines()[0]
     parse = argparse.ArgumentParser(prog=f"bench/{stem}.py", description=first)
     parse.add_argument("--out", type=Path, default=RESULTS_DIR / f"{stem}.json", help="where the JSON goes")
-    parse.add_argument("--quick", action="store_true", help="smaller sizes, for a fast look")
+    parse.add_argument("--quick", action="store_true", help=quick)
     return parse
 
 

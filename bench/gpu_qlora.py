@@ -27,6 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+
 GiB = 1024**3
 # Mistral-7B-Instruct-v0.3's config.json, without the weights.
 MISTRAL_7B_V03 = {
@@ -302,21 +305,6 @@ def gib(count: int | None) -> float | None:
     return count / GiB if count else None
 
 
-def figure(name, mine, unit, alternative, theirs, better, target=None, met=None) -> dict:
-    ratio = mine / theirs if mine is not None and theirs else None
-    return {
-        "name": name,
-        "jnreg": None if mine is None else round(mine, 4),
-        "unit": unit,
-        "alternative": alternative,
-        "alternative_value": None if theirs is None else round(theirs, 4),
-        "ratio": None if ratio is None else round(ratio, 4),
-        "better": better,
-        "target": target,
-        "met": met,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8, help="Optimizer steps timed (batch 1 x accumulation 4).")
@@ -358,16 +346,25 @@ def main() -> None:
     mfu = {k: (v["tokens_per_s"] * per_token / peak if peak else None) for k, v in (("jnreg", mine), ("peer", theirs))}
     trl = "TRL SFTTrainer"
     figures = [
-        figure(f"training tokens/s at {seq_len} tokens", mine["tokens_per_s"], "tokens/s", trl, theirs["tokens_per_s"],
-               "higher", ">= 2x the peer", None if args.dry else mine["tokens_per_s"] >= 2 * theirs["tokens_per_s"]),
-        figure("peak GPU memory", gib(mine["peak_bytes"]), "GiB", trl, gib(theirs["peak_bytes"]), "lower",
-               "<= 0.5x the peer",
-               None if not cuda else mine["peak_bytes"] <= 0.5 * theirs["peak_bytes"]),
-        figure("MFU vs the device's dense bf16 peak", mfu["jnreg"], "fraction", trl, mfu["peer"], "higher"),
+        benchlib.figure(f"training tokens/s at {seq_len} tokens", mine["tokens_per_s"], "tokens/s", better="higher",
+                        alternative=trl, alternative_value=theirs["tokens_per_s"], target=">= 2x the peer",
+                        met=None if args.dry else mine["tokens_per_s"] >= 2 * theirs["tokens_per_s"]),
+        benchlib.figure("peak GPU memory", gib(mine["peak_bytes"]), "GiB", better="lower", alternative=trl,
+                        alternative_value=gib(theirs["peak_bytes"]), target="<= 0.5x the peer",
+                        met=None if not cuda else mine["peak_bytes"] <= 0.5 * theirs["peak_bytes"]),
+        benchlib.figure("MFU vs the device's dense bf16 peak", mfu["jnreg"], "fraction", better="higher",
+                        alternative=trl, alternative_value=mfu["peer"]),
     ]  # fmt: skip
     if fits:
         figures.append(
-            figure("longest row that trains in 24 GiB", fits["jnreg"], "tokens", trl, fits["peer"], "higher")
+            benchlib.figure(
+                "longest row that trains in 24 GiB",
+                fits["jnreg"],
+                "tokens",
+                better="higher",
+                alternative=trl,
+                alternative_value=fits["peer"],
+            )
         )
     report = {
         "benchmark": Path(__file__).stem,
