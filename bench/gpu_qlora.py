@@ -183,10 +183,10 @@ def _common_args(work: Path, steps: int) -> dict:
 
 def _jnreg_trainer(work: Path, data, seq_len: int, steps: int, cap_bytes: int | None):
     """jnreg's trainer as ``jnreg train`` builds it, on these token rows."""
-    from jnreg.core import engine, preflight
+    from jnreg.core import datacache, engine, preflight
     from jnreg.core import prepare as prepare_mod
     from jnreg.core.config import TrainConfig
-    from jnreg.core.data import CheckedData, Example, Tokenized
+    from jnreg.core.data import Example
 
     if cap_bytes:
         # Decide gradient checkpointing as a card of this size would.
@@ -202,9 +202,10 @@ def _jnreg_trainer(work: Path, data, seq_len: int, steps: int, cap_bytes: int | 
     example = Example("bench:1", prompt="x", response="y")
 
     def prepared(config, agent, tokenizer):
-        tokenized = Tokenized(rows=token_rows, prompt_tokens=0, response_tokens=0)
+        tokenized = datacache.tokenized_set(work / "rows.arrow", token_rows)
+        checked = datacache.CheckedStream(None, len(token_rows))
         renderer = prepare_mod.data_mod.Renderer(tokenizer, agent.spec.template, None)
-        return prepare_mod.PreparedData("bench rows", CheckedData([example]), tokenized, None, renderer, example)
+        return prepare_mod.PreparedData("bench rows", checked, tokenized, None, renderer, example)
 
     engine.prepare_data = prepared  # the rows are already tokens
     from jnreg.core.plugins import get_host

@@ -31,7 +31,6 @@ from jnreg.registry.pull import pull
 from jnreg.schemas import errors as schema_errors
 from tests.registry_helpers import make_adapter, safetensors_bytes, start, summary_for
 
-
 SECRET = "moto-secret-" + "k" * 20
 
 

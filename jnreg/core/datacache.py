@@ -212,6 +212,24 @@ def _row_schema() -> Any:
     return pa.schema([("input_ids", pa.list_(pa.int32())), ("completion_mask", pa.list_(pa.int8()))])
 
 
+def tokenized_set(path: Path, rows: list[dict[str, list[int]]]) -> TokenizedSet:
+    """Rows that are already tokens (``input_ids``, ``completion_mask``) as a split in an Arrow file at ``path``."""
+    writer = _SplitWriter(path, max_length=max((len(r["input_ids"]) for r in rows), default=1), overlong="drop")
+    for index, row in enumerate(rows):
+        cut = row["completion_mask"].index(1) if 1 in row["completion_mask"] else len(row["input_ids"])
+        writer.add(f"row {index + 1}", row["input_ids"][:cut], row["input_ids"][cut:])
+    counts = writer.close()
+    return TokenizedSet(
+        path,
+        counts["rows"],
+        counts["prompt_tokens"],
+        counts["response_tokens"],
+        counts["supervised_tokens"],
+        list(counts["truncated"]),
+        list(counts["dropped"]),
+    )
+
+
 class _SplitWriter:
     """Rows of one split into an Arrow stream file, with the data report's counts."""
 
