@@ -298,7 +298,8 @@ def test_publish_gate_evaluates_a_version_with_no_results_first(trained, tmp_pat
 
 
 def test_the_gate_counts_only_an_evaluation_of_every_recorded_row(trained, tmp_path):
-    root = trained[0]
+    root = tmp_path / "store"  # a copy: this test changes which version is in service
+    shutil.copytree(trained[0], root, symlinks=True)
     store = ModelStore(root)
     source = copy_adapter(trained, tmp_path / "partial")
     done = jnreg("--store-root", str(root), "store", "publish", AGENT, str(source), "--adapter-version", "v5",
