@@ -115,17 +115,9 @@ def hf_id_of(document: dict[str, Any] | None, base_ref: str) -> str | None:
     return value.get("hf_id") if isinstance(value, dict) else None
 
 
-def with_current(
-    document: dict[str, Any] | None,
-    *,
-    agent: str,
-    adapter_name: str,
-    version: str,
-    digest: str,
-    published_at: str,
-    base_model: str,
-) -> dict[str, Any]:
-    """A copy of the map whose first entry for ``agent`` is ``version``; one entry per adapter name."""
+def with_current(document: dict[str, Any] | None, agent: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the map whose first entry for ``agent`` is the version in ``manifest``; one entry per adapter name."""
+    adapter_name, version, base_model = manifest["adapter_name"], manifest["version"], manifest["base_model"]
     updated = copy.deepcopy(document) if document is not None else empty_map()
     base_ref = base_ref_for(updated, base_model)
     updated["base_models"].setdefault(base_ref, {"hf_id": base_model, "peft_support": True})
@@ -138,8 +130,8 @@ def with_current(
         "adapter_name": adapter_name,
         "adapter_model_store_path": store_path(agent, version),
         "adapter_version": version,
-        "digest": digest,
-        "published_at": published_at,
+        "digest": manifest["digest"],
+        "published_at": manifest["created_at"],
     }
     updated["agents"][agent] = [entry] + [e for e in old if e.get("adapter_name") != adapter_name]
     return updated

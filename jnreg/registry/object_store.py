@@ -588,15 +588,7 @@ class ObjectModelStore(ModelStore):
             if label is None:
                 return
             manifest = self.manifest(agent, label)
-            updated = agent_map.with_current(
-                document,
-                agent=agent,
-                adapter_name=manifest["adapter_name"],
-                version=label,
-                digest=manifest["digest"],
-                published_at=manifest["created_at"],
-                base_model=manifest["base_model"],
-            )
+            updated = agent_map.with_current(document, agent, manifest)
             if updated == document:
                 return
             text = agent_map.map_text(updated, str(self.map_path))

@@ -104,14 +104,6 @@ def _write_map(target: ModelStore, served: dict[str, dict[str, Any]]) -> None:
         document = target.read_map()
         updated = document
         for agent, manifest in served.items():
-            updated = agent_map.with_current(
-                updated,
-                agent=agent,
-                adapter_name=manifest["adapter_name"],
-                version=manifest["version"],
-                digest=manifest["digest"],
-                published_at=manifest["created_at"],
-                base_model=manifest["base_model"],
-            )
+            updated = agent_map.with_current(updated, agent, manifest)
         if updated != document:
             agent_map.write_map(target.map_path, updated)

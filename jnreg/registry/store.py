@@ -647,15 +647,7 @@ class ModelStore:
     def _point_map_at(self, agent: str, manifest: dict[str, Any]) -> None:
         """Make the version in ``manifest`` the first entry of ``agent`` in the map (held: map lock)."""
         document = self.read_map()
-        updated = agent_map.with_current(
-            document,
-            agent=agent,
-            adapter_name=manifest["adapter_name"],
-            version=manifest["version"],
-            digest=manifest["digest"],
-            published_at=manifest["created_at"],
-            base_model=manifest["base_model"],
-        )
+        updated = agent_map.with_current(document, agent, manifest)
         if updated == document:
             return
         agent_map.write_map(self.map_path, updated, before_replace=lambda: crash_point("map-write"))
