@@ -297,6 +297,26 @@ def test_a_publisher_killed_at_any_point_leaves_no_half_version(root: str, tmp_p
             store.publish("critic", make_adapter(tmp_path / "s4", seed=4), version="v2")
 
 
+def test_a_publish_taken_for_abandoned_never_becomes_visible(
+    root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer too slow for the stale limit loses its pending record to another's clean-up: it must not go on."""
+    import jnreg.registry.object_store as object_store
+
+    store = ModelStore(root)
+
+    def cleaned_by_another_writer(name: str) -> None:
+        if name == "uploaded":  # what another host's tidy-up does to a record it finds too old
+            Bucket(root).delete([key for key in keys(root) if "/pending/" in key])
+
+    monkeypatch.setattr(object_store, "crash_point", cleaned_by_another_writer)
+    with pytest.raises(StoreConflict, match="taken for abandoned"):
+        store.publish("critic", make_adapter(tmp_path / "slow", seed=1), version="a")
+    assert store.version_labels("critic") == [] and store.current("critic") is None
+    assert keys(root, "critic/versions/") == ["critic/versions/a/claim.json"]  # the label stays taken, nothing else
+    assert store.verify().ok
+
+
 def test_a_gc_killed_after_its_record_is_finished(root: str, tmp_path: Path) -> None:
     store = ModelStore(root)
     for i in (1, 2, 3):

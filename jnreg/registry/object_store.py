@@ -480,6 +480,13 @@ class ObjectModelStore(ModelStore):
             for name, data in extra.items():
                 self.bucket.put(self._version_key(agent, label, name), data)
             crash_point("uploaded")
+            if not self.bucket.exists(pending):
+                # Another writer took this publish for dead (its record outlived the limit) and removed what
+                # it had uploaded; a manifest now would make a version with missing files visible.
+                raise StoreConflict(
+                    f"publish of {agent} {label} was taken for abandoned and cleaned up by another writer; "
+                    "publish again"
+                )
             self.bucket.put_new(self._version_key(agent, label, MANIFEST), text.encode("utf-8"))
         except BaseException:
             with suppress(Exception):
