@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,11 @@ class JnregGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("jnreg: interrupted", err=True)
             sys.exit(130)
+
+
+def progress_echo(as_json: bool) -> Callable[[str], None]:
+    """Where progress lines go: stdout, or stderr when --json keeps stdout for the JSON document."""
+    return (lambda line: click.echo(line, err=True)) if as_json else click.echo
 
 
 def echo_json(value: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from jnreg.cli.base import StoreRoot, echo_json, open_store, settings
+from jnreg.cli.base import StoreRoot, echo_json, open_store, progress_echo, settings
 from jnreg.errors import ConfigError, IntegrityError, StoreError
 
 
@@ -99,7 +99,7 @@ def publish(
         agent,
         directory,
         requirements,
-        _progress_echo(as_json),
+        progress_echo(as_json),
         adapter_name=adapter_name,
         version=version,
         promote=not no_promote,
@@ -226,18 +226,13 @@ def promote(ctx: click.Context, agent: str, version: str, require: tuple[str, ..
     from jnreg.cli.gate import gated_promote, requirements_for
 
     requirements = requirements_for(agent, require)
-    entry = gated_promote(open_store(ctx), agent, version, requirements, _progress_echo(as_json))
+    entry = gated_promote(open_store(ctx), agent, version, requirements, progress_echo(as_json))
     if as_json:
         echo_json({"agent": agent, "current": version, "previous": entry["previous"] if entry else version})
     elif entry is None:
         click.echo(f"{agent} {version} is already in service")
     else:
         click.echo(f"{agent}: {entry['previous'] or '-'} -> {version}")
-
-
-def _progress_echo(as_json: bool) -> Any:
-    # With --json, stdout carries only the JSON document.
-    return (lambda line: click.echo(line, err=True)) if as_json else click.echo
 
 
 @store.command("rollback")

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from jnreg.cli.base import StoreRoot, echo_json, open_store
+from jnreg.cli.base import StoreRoot, echo_json, open_store, progress_echo
 from jnreg.core import launch
 from jnreg.errors import ConfigError
 
@@ -157,7 +157,7 @@ def _train(
     if require and not config.publish:
         raise ConfigError("--require gates publishing: add --publish")
     requirements = _requirements(config, require)  # a malformed one fails before training
-    echo = launch.main_only(_echo(as_json))
+    echo = launch.main_only(progress_echo(as_json))
     if not launch.is_managed():  # the launching process printed it already
         _print_config(config, echo)
 
@@ -201,11 +201,6 @@ def _root_options(ctx: click.Context) -> list[str]:
     shared = ctx.find_root().obj
     options = ["--store-root", str(shared.store_root)] if shared.store_root else []
     return options + (["--agent-map", str(shared.agent_map)] if shared.agent_map else [])
-
-
-def _echo(as_json: bool):
-    # With --json, stdout carries only the JSON document; progress goes to stderr.
-    return (lambda line: click.echo(line, err=True)) if as_json else click.echo
 
 
 def _print_config(config: Any, echo: Any) -> None:

@@ -380,15 +380,7 @@ class Renderer:
         after the prompt, because that is how the model produces it (a leading space joins the
         answer's first token); only where the two do not line up is it tokenized on its own.
         """
-        if example.text is not None:
-            return [], self._with_eos(self._with_one_bos(self._ids(example.text)))
-        assert example.prompt is not None and example.response is not None
-        prompt_text = self.serving_prompt(example.prompt)
-        answer = self._answer_framing(example.prompt, example.response, prompt_text)
-        prompt_ids = self._ids(prompt_text)
-        joint = self._ids(prompt_text + answer)
-        completion_ids = joint[len(prompt_ids) :] if joint[: len(prompt_ids)] == prompt_ids else self._ids(answer)
-        return self._with_one_bos(prompt_ids), self._with_eos(completion_ids)
+        return self.render_many([example])[0]
 
     def render_many(self, examples: list[Example]) -> list[tuple[list[int], list[int]]]:
         """``render`` of each example, with one batched tokenizer call for them all."""

@@ -656,11 +656,6 @@ class ModelStore:
         refuse_secrets(json.dumps(entry), "journal entry")
         journal.append(self.journal_path, entry)
 
-    def _used_labels(self, agent: str) -> set[str]:
-        """Every label this agent has had: present, or published once and since removed by gc."""
-        journaled = journal.for_agent(journal.read_entries(self.journal_path), agent)
-        return set(self._version_dirs(agent)) | {e["version"] for e in journaled if e["action"] == "publish"}
-
     def _label_taken(self, agent: str, label: str, used: set[str] | None = None) -> bool:
         """Whether ``agent`` has, or ever had, a version ``label`` (``used``: the answer for every label, if known).
 
