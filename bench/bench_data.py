@@ -101,9 +101,9 @@ def child(mode: str, data_file: str) -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
-    from jnreg.core.config import build_config
-    from jnreg.core.models import load_tokenizer
-    from jnreg.core.plugins import get_host
+    from jnreg.core.host.plugins import get_host
+    from jnreg.core.models.loading import load_tokenizer
+    from jnreg.core.training.config import build_config
 
     agent = get_host().get(AGENT)
     with tempfile.TemporaryDirectory() as out:
@@ -112,7 +112,7 @@ def child(mode: str, data_file: str) -> None:
         tokenizer = load_tokenizer(config.base_model)
         start = time.perf_counter()
         if mode == "jnreg":
-            from jnreg.core.prepare import marked_example, prepare_data
+            from jnreg.core.data.prepare import marked_example, prepare_data
 
             prepared = prepare_data(config, agent, tokenizer)
             stats = prepared.stats()
@@ -141,7 +141,7 @@ def _list_pipeline(config, agent, tokenizer) -> tuple[dict, int]:
     """The data step as jnreg ran it before the Arrow cache: lists, one process, every run."""
     from datasets import Dataset
 
-    from jnreg.core import data
+    from jnreg.core.data import rows as data
 
     spec = agent.spec
     checked = data.check_records(

@@ -34,9 +34,9 @@ def main() -> None:
 
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from jnreg.core import engine
-    from jnreg.core.config import build_config
-    from jnreg.core.plugins import get_host
+    from jnreg.core.host.plugins import get_host
+    from jnreg.core.training import engine
+    from jnreg.core.training.config import build_config
 
     agent = get_host().get(args.agent)
     with tempfile.TemporaryDirectory() as out:

@@ -35,9 +35,9 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore")
 
-    from jnreg.core import engine
-    from jnreg.core.config import build_config
-    from jnreg.core.plugins import get_host
+    from jnreg.core.host.plugins import get_host
+    from jnreg.core.training import engine
+    from jnreg.core.training.config import build_config
     from jnreg.registry import ModelStore
 
     agent = get_host().get("fact_checker")

@@ -118,7 +118,7 @@ def build_model(directory: Path) -> None:
     import torch
     from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
 
-    from jnreg.core.tiny_model import ensure_tiny_model
+    from jnreg.core.models.tiny import ensure_tiny_model
 
     tokenizer = AutoTokenizer.from_pretrained(ensure_tiny_model())
     config = MistralConfig(

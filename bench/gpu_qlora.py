@@ -85,7 +85,7 @@ def write_model(directory: Path, config: dict, dtype_name: str) -> None:
     import torch
     from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
 
-    from jnreg.core.tiny_model import ensure_tiny_model
+    from jnreg.core.models.tiny import ensure_tiny_model
 
     tokenizer = AutoTokenizer.from_pretrained(ensure_tiny_model())
     dtype = getattr(torch, dtype_name)
@@ -183,10 +183,11 @@ def _common_args(work: Path, steps: int) -> dict:
 
 def _jnreg_trainer(work: Path, data, seq_len: int, steps: int, cap_bytes: int | None):
     """jnreg's trainer as ``jnreg train`` builds it, on these token rows."""
-    from jnreg.core import datacache, engine, preflight
-    from jnreg.core import prepare as prepare_mod
-    from jnreg.core.config import TrainConfig
-    from jnreg.core.data import Example
+    from jnreg.core.data import cache as datacache
+    from jnreg.core.data import prepare as prepare_mod
+    from jnreg.core.data.rows import Example
+    from jnreg.core.training import engine, preflight
+    from jnreg.core.training.config import TrainConfig
 
     if cap_bytes:
         # Decide gradient checkpointing as a card of this size would.
@@ -208,7 +209,7 @@ def _jnreg_trainer(work: Path, data, seq_len: int, steps: int, cap_bytes: int | 
         return prepare_mod.PreparedData("bench rows", checked, tokenized, None, renderer, example)
 
     engine.prepare_data = prepared  # the rows are already tokens
-    from jnreg.core.plugins import get_host
+    from jnreg.core.host.plugins import get_host
 
     agent = get_host().get("synthesizer")
     config = TrainConfig(

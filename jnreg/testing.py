@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from jnreg.core.plugins import ENTRY_POINT_GROUP, Host, get_host, reset_host
+from jnreg.core.host.plugins import ENTRY_POINT_GROUP, Host, get_host, reset_host
 
 BUILTIN_PLUGINS = (
     "synthesizer",

@@ -1,4 +1,4 @@
-"""Shared test helpers: running the real console script, and what it imported."""
+"""Shared test helpers: the real console script, what it imported, and fast training settings for the tiny model."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+from jnreg.core.training.config import TrainConfig, build_config
 
 HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "trl", "accelerate")
 
@@ -35,3 +37,26 @@ def heavy_imports_after(argv: list[str], env: dict[str, str] | None = None) -> l
     marker = [line for line in done.stderr.splitlines() if line.startswith("HEAVY=")]
     assert marker, done.stderr
     return [m for m in marker[-1][len("HEAVY=") :].split(",") if m]
+
+
+TINY = "jnreg:tiny-mistral"
+# Settings that make the tiny model learn visibly in a few seconds on two CPU cores.
+FAST = {
+    "base_model": TINY,
+    "learning_rate": 3e-3,
+    "gradient_accumulation": 1,
+    "train_batch_size": 4,
+    "eval_batch_size": 4,
+    "epochs": 2.0,
+    "max_train_samples": 16,
+    "eval_fraction": 0.25,
+    "logging_steps": 2,
+}
+
+
+def config_for(agent, output_dir: Path, **overrides) -> TrainConfig:
+    return build_config(agent.spec, {}, {**FAST, "output_dir": str(output_dir), **overrides})
+
+
+def quiet(_line: str) -> None:
+    pass

@@ -10,8 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from jnreg.cli import cli
-
-from .helpers import run_jnreg
+from tests.helpers import run_jnreg
 
 TINY = "jnreg:tiny-mistral"
 
@@ -51,7 +50,7 @@ def test_existing_justnews_loader_path_loads_with_plain_peft_and_changes_outputs
     import torch
     from peft import PeftModel
 
-    from jnreg.core.models import load_base_model, load_tokenizer
+    from jnreg.core.models.loading import load_base_model, load_tokenizer
 
     # What the JustNews loader does: first entry, store root + adapter_model_store_path, base_ref -> hf_id.
     agent_map = json.loads((published / "AGENT_MODEL_MAP.json").read_text())

@@ -18,9 +18,11 @@ ALLOWED = {
     "ground": {"ground"},
     "core": {"ground", "core"},
     "registry": {"ground", "registry"},
-    "plugins": {"ground", "core", "plugins"},
+    "plugin": {"ground", "core", "plugin"},
+    "plugins": {"ground", "plugin", "plugins"},
     "testing": {"ground", "core"},
-    "cli": {"ground", "core", "registry", "cli"},
+    "release": {"ground", "core", "registry", "release"},
+    "cli": {"ground", "core", "registry", "release", "plugin", "cli"},
     "main": {"cli"},
 }
 # The one reach across: ``load()`` builds a model with core's loaders, inside the function.
@@ -35,8 +37,8 @@ def layer_of(name: str) -> str:
     return {"__main__": "main"}.get(parts[1], parts[1])
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+def module_name(path: Path, package: Path | None = None) -> str:
+    parts = path.relative_to((package or PACKAGE).parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -75,6 +77,96 @@ def crossings() -> list[str]:
     return bad
 
 
+def module_paths(package: Path) -> dict[str, Path]:
+    return {module_name(path, package): path for path in sorted(package.rglob("*.py"))}
+
+
+def import_graph(package: Path) -> dict[str, set[str]]:
+    """Each jnreg module and the jnreg modules it imports, at module level or inside functions.
+
+    ``from a.b import c`` names module ``a.b.c`` when there is one, else the module ``a.b``; a module's
+    parent packages, which Python imports on the way, are not counted as what the module imports.
+    """
+    paths = module_paths(package)
+    graph: dict[str, set[str]] = {}
+    for module, path in paths.items():
+        targets = set()
+        for imported, _function in jnreg_imports(ast.parse(path.read_text(encoding="utf-8")), module):
+            while imported not in paths and "." in imported:
+                imported = imported.rpartition(".")[0]
+            if imported in paths and imported != module:
+                targets.add(imported)
+        graph[module] = targets
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that import each other, directly or round a circle (Tarjan's components)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(found)
+
+
+def test_no_import_circles_anywhere():
+    assert circles(import_graph(PACKAGE)) == []
+
+
+def test_the_circle_check_catches_circles_at_module_level_and_inside_functions(tmp_path):
+    fake = tmp_path / "jnreg"
+    (fake / "cli").mkdir(parents=True)
+    (fake / "core").mkdir()
+    for init in (fake / "__init__.py", fake / "cli" / "__init__.py", fake / "core" / "__init__.py"):
+        init.write_text("")
+    (fake / "cli" / "evaluate.py").write_text("from jnreg.cli.train import options\n")
+    (fake / "cli" / "train.py").write_text("def run():\n    from jnreg.cli import gate\n")
+    (fake / "cli" / "gate.py").write_text("def check():\n    from jnreg.cli.evaluate import evaluate_version\n")
+    (fake / "core" / "a.py").write_text("import jnreg.core.b\n")
+    (fake / "core" / "b.py").write_text("from jnreg.core.a import thing\n")
+    (fake / "core" / "c.py").write_text("from jnreg.core import a\n")  # imports into a circle, is not in one
+    assert circles(import_graph(fake)) == [
+        ["jnreg.cli.evaluate", "jnreg.cli.gate", "jnreg.cli.train"],
+        ["jnreg.core.a", "jnreg.core.b"],
+    ]
+
+
+# Where a module usually holds two ideas; a longer one is split by what it does.
+MAX_MODULE_LINES = 600
+
+
+def test_no_module_is_longer_than_about_600_lines():
+    long = {
+        module: lines
+        for module, path in module_paths(PACKAGE).items()
+        if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert long == {}
+
+
 def test_no_module_imports_across_the_layers():
     assert crossings() == []
 
@@ -87,12 +179,12 @@ def test_the_layer_check_catches_a_crossing(tmp_path, monkeypatch):
     (fake / "__init__.py").write_text("")
     (fake / "core" / "__init__.py").write_text("")
     (fake / "registry" / "__init__.py").write_text("")
-    (fake / "registry" / "store.py").write_text("from jnreg.core.models import load_base_model\n")
+    (fake / "registry" / "store.py").write_text("from jnreg.core.models.loading import load_base_model\n")
     (fake / "core" / "engine.py").write_text("def f():\n    from jnreg.registry.store import ModelStore\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
     assert crossings() == [
         "jnreg.core.engine inside f() imports jnreg.registry.store.ModelStore (core -> registry)",
-        "jnreg.registry.store imports jnreg.core.models.load_base_model (registry -> core)",
+        "jnreg.registry.store imports jnreg.core.models.loading.load_base_model (registry -> core)",
     ]
 
 
@@ -100,8 +192,8 @@ def test_the_layer_check_catches_a_crossing(tmp_path, monkeypatch):
     "statement",
     [
         "from jnreg.registry import ModelStore, load, resolve, Resolution, PublishResult, GcResult, VerifyReport",
-        "from jnreg.core.hookspecs import hookimpl, hookspec",
-        "from jnreg.core.spec import AgentSpec, Hyperparameters, PromptTemplate, Serving, DataOptions, Record",
+        "from jnreg.core.host.hookspecs import hookimpl, hookspec",
+        "from jnreg.core.host.spec import AgentSpec, Hyperparameters, PromptTemplate, Serving, DataOptions, Record",
         "import jnreg.testing",
         "from jnreg.cli import cli, main",
         "from jnreg.errors import JnregError, StoreError, ConfigError, DataError, IntegrityError",
@@ -114,7 +206,8 @@ def test_public_names_still_import(statement):
 def test_core_loads_without_registry_or_cli():
     code = (
         "import sys\n"
-        "import jnreg.core.engine, jnreg.core.dryrun, jnreg.core.generation, jnreg.core.plugins, jnreg.testing\n"
+        "import jnreg.core.training.engine, jnreg.core.training.dryrun, jnreg.core.evaluation.generation\n"
+        "import jnreg.core.host.plugins, jnreg.plugin, jnreg.testing\n"
         "bad = sorted(m for m in sys.modules if m.startswith(('jnreg.registry', 'jnreg.cli')))\n"
         "assert not bad, bad\n"
     )

@@ -31,7 +31,7 @@ def _agent_summary(agent) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def agents_list(as_json: bool) -> None:
     """List every agent with its plugin."""
-    from jnreg.core.plugins import get_host
+    from jnreg.core.host.plugins import get_host
 
     host = get_host()
     rows = [_agent_summary(agent) for agent in host.agents().values()]
@@ -52,8 +52,8 @@ def agents_show(agent: str, as_json: bool) -> None:
     """Show an agent's defaults, template, sample data and origin."""
     from dataclasses import asdict
 
-    from jnreg.core.data import count_sample_rows
-    from jnreg.core.plugins import get_host
+    from jnreg.core.data.rows import count_sample_rows
+    from jnreg.core.host.plugins import get_host
 
     found = get_host().get(agent)
     spec = found.spec

@@ -18,7 +18,7 @@ SHOWN = ("rows", "eval_loss", "json_rate", "schema_valid", "exact_match")
 
 
 def _spec(agent: str) -> Any:
-    from jnreg.core.plugins import get_host
+    from jnreg.core.host.plugins import get_host
 
     return get_host().get(agent).spec
 
@@ -37,9 +37,9 @@ def evaluate_version(
     progress: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Load ``version`` through ``jnreg.registry.load``, evaluate it, record the result; (record, rows)."""
-    from jnreg.core.data import expand_files
-    from jnreg.core.evaluate import evaluate, read_eval_rows, rows_digest
-    from jnreg.core.models import quiet_library_warnings
+    from jnreg.core.data.rows import expand_files
+    from jnreg.core.evaluation.evaluate import evaluate, read_eval_rows, rows_digest
+    from jnreg.core.models.loading import quiet_library_warnings
     from jnreg.registry import load
 
     spec = _spec(agent)
@@ -149,7 +149,7 @@ def eval_(
     as_json: bool,
 ) -> None:
     """Evaluate AGENT's stored adapter on eval rows as serving would answer them, and record the result."""
-    from jnreg.core.evaluate import differing_rows
+    from jnreg.core.evaluation.evaluate import differing_rows
 
     store = open_store(ctx)
     _spec(agent)  # an unknown agent fails before anything is loaded

@@ -27,8 +27,8 @@ def export(ctx: click.Context, agent: str, version: str | None, target: Path, dt
     """Write AGENT's VERSION [in service] merged into its dequantized base, as a plain transformers model."""
     import os
 
-    from jnreg.core.export import merge_adapter, model_card, write_model_dir
-    from jnreg.core.models import quiet_library_warnings
+    from jnreg.core.export.merge import merge_adapter, model_card, write_model_dir
+    from jnreg.core.models.loading import quiet_library_warnings
     from jnreg.registry import load
 
     store = open_store(ctx)

@@ -14,8 +14,8 @@ Echo = Callable[[str], None]
 
 def requirements_for(agent: str, given: Sequence[str]) -> list[Any]:
     """The requirements to gate ``agent`` with: ``given``, else its plugin's default; checked now, before any work."""
-    from jnreg.core.gate import parse_requirements
-    from jnreg.core.plugins import get_host
+    from jnreg.core.evaluation.gate import parse_requirements
+    from jnreg.core.host.plugins import get_host
 
     found = get_host().agents().get(agent)
     spec = found.spec if found is not None else None
@@ -29,7 +29,7 @@ def check_requirements(store: Any, agent: str, version: str, requirements: Seque
     Only an evaluation of every recorded eval row counts: one cut short by ``--limit``, or made on other
     files, says too little about the version to put it in service.
     """
-    from jnreg.core.gate import shortfalls
+    from jnreg.core.evaluation.gate import shortfalls
 
     if not requirements:
         return None

@@ -29,9 +29,9 @@ def generate(
     as_json: bool,
 ) -> None:
     """Answer PROMPT with AGENT's stored adapter, through the agent's serving template."""
-    from jnreg.core.generation import generate_answer
-    from jnreg.core.models import quiet_library_warnings
-    from jnreg.core.plugins import get_host
+    from jnreg.core.evaluation.generation import generate_answer
+    from jnreg.core.host.plugins import get_host
+    from jnreg.core.models.loading import quiet_library_warnings
     from jnreg.registry import load
 
     if prompt == "-":

@@ -18,8 +18,8 @@ from jnreg.cli.base import echo_json
 @click.option("--json", "as_json", is_flag=True, help="Print the files written as JSON.")
 def agents_new(name: str, directory: Path | None, description: str | None, as_json: bool) -> None:
     """Write a plugin package for agent NAME: pyproject, hook, sample data, schema, test."""
-    from jnreg.core.plugins import get_host
-    from jnreg.core.scaffold import write_plugin
+    from jnreg.core.host.plugins import get_host
+    from jnreg.core.host.scaffold import write_plugin
     from jnreg.errors import ConfigError
 
     existing = get_host().agents().get(name)

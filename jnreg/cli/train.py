@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from jnreg.cli.base import StoreRoot, echo_json, open_store, progress_echo
-from jnreg.core import launch
+from jnreg.core.training import launch
 from jnreg.errors import ConfigError
 
 # Options that take several values after one flag, as the guide writes them
@@ -141,8 +141,8 @@ def _train(
     require: tuple[str, ...],
     flags: dict[str, Any],
 ) -> None:
-    from jnreg.core.config import build_config, read_config_file
-    from jnreg.core.plugins import get_host
+    from jnreg.core.host.plugins import get_host
+    from jnreg.core.training.config import build_config, read_config_file
 
     file_values = read_config_file(config_file) if config_file else {}
     if agent_arg and agent_opt and agent_arg != agent_opt:
@@ -168,11 +168,11 @@ def _train(
     if config.dry_run and not launch.is_main():
         return
     if config.dry_run:
-        from jnreg.core.dryrun import dry_run
+        from jnreg.core.training.dryrun import dry_run
 
         summary = dry_run(config, agent, echo=echo)
     else:
-        from jnreg.core import engine
+        from jnreg.core.training import engine
 
         store = _store_for(ctx, config) if config.publish and launch.is_main() else None
         summary = engine.train(config, agent, echo=echo)
@@ -206,7 +206,7 @@ def _root_options(ctx: click.Context) -> list[str]:
 def _print_config(config: Any, echo: Any) -> None:
     import textwrap
 
-    from jnreg.core.config import CONFIG_FILE
+    from jnreg.core.training.config import CONFIG_FILE
 
     document = config.to_document()
     settings_text = ", ".join(

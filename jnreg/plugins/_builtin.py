@@ -7,8 +7,7 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from jnreg.core.hookspecs import hookimpl
-from jnreg.core.spec import AgentSpec, Hyperparameters, PromptTemplate, Serving
+from jnreg.plugin import AgentSpec, Hyperparameters, PromptTemplate, Serving, hookimpl
 
 _HERE = Path(str(resources.files("jnreg.plugins")))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jnreg.core.spec import Serving
+from jnreg.plugin import Serving
 from jnreg.plugins._builtin import builtin_agent
 
 SYSTEM = (

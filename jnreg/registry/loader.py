@@ -62,7 +62,7 @@ def load(
 
     from peft import PeftModel
 
-    from jnreg.core.models import load_base_model, load_tokenizer
+    from jnreg.core.models.loading import load_base_model, load_tokenizer
 
     revision = {"revision": resolution.base_model_revision} if resolution.base_model_revision else {}
     base = load_base_model(resolution.base_model, quantization, device_map=device_map, **revision)
