@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,42 @@ class StoreRoot(click.ParamType):
         if "://" in text:
             self.fail(f"{text!r}: only local directories and s3:// roots are supported", param, ctx)
         return Path(text)
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A float range that also refuses nan and inf, which every comparison with a bound lets through."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+# A temperature as serving takes it: 0 is greedy, above 0 samples.
+TEMPERATURE = FiniteFloatRange(min=0)
+
+# Options that take several values after one flag, as the guide writes them
+# (``--train-files data/*.jsonl`` after the shell expands the glob).
+MULTI_VALUE = ("--train-files", "--eval-files")
+
+
+class MultiValueCommand(click.Command):
+    """Lets ``--train-files a b c`` mean ``--train-files a --train-files b --train-files c``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        expanded: list[str] = []
+        current, has_value = None, False
+        for arg in args:
+            if current is not None and not arg.startswith("-"):
+                expanded.extend([current, arg] if has_value else [arg])
+                has_value = True
+                continue
+            flag = arg.split("=", 1)[0]
+            current = flag if flag in MULTI_VALUE else None
+            has_value = "=" in arg
+            expanded.append(arg)
+        return super().parse_args(ctx, expanded)
 
 
 class JnregGroup(click.Group):

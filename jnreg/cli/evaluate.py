@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import gc
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 import click
 
-from jnreg.cli.base import echo_json, open_store
-from jnreg.cli.train import MultiValueCommand
-from jnreg.errors import DataError
+from jnreg.cli.base import TEMPERATURE, MultiValueCommand, echo_json, open_store
 from jnreg.names import EVAL_ROWS_FILE
 
 SHOWN = ("rows", "eval_loss", "json_rate", "schema_valid", "exact_match")
@@ -21,78 +17,6 @@ def _spec(agent: str) -> Any:
     from jnreg.core.host.plugins import get_host
 
     return get_host().get(agent).spec
-
-
-def evaluate_version(
-    store: Any,
-    agent: str,
-    version: str,
-    *,
-    eval_files: Sequence[str] = (),
-    limit: int | None = None,
-    max_new_tokens: int | None = None,
-    temperature: float | None = None,
-    seed: int = 0,
-    quantization: str = "nf4",
-    progress: bool = True,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Load ``version`` through ``jnreg.registry.load``, evaluate it, record the result; (record, rows)."""
-    from jnreg.core.data.rows import expand_files
-    from jnreg.core.evaluation.evaluate import evaluate, read_eval_rows, rows_digest
-    from jnreg.core.models.loading import quiet_library_warnings
-    from jnreg.registry import load
-
-    spec = _spec(agent)
-    manifest = store.manifest(store.require_agent(agent), version)
-    if eval_files:
-        files, kind = [str(p.absolute()) for p in expand_files(eval_files)], "files"
-    else:
-        recorded = store.resolve(agent, version).adapter_path / EVAL_ROWS_FILE  # a local copy on an object store
-        if not recorded.is_file():
-            raise DataError(
-                f"{agent} {version} has no eval rows recorded with it (no {EVAL_ROWS_FILE}); pass --eval-files"
-            )
-        files, kind = [str(recorded)], "recorded"
-    examples = read_eval_rows(files, spec)
-    available = len(examples)
-    if limit is not None:
-        examples = examples[:limit]
-    quiet_library_warnings()
-    model, tokenizer = load(agent, version, None if quantization == "none" else quantization, store=store)
-    try:
-        result = evaluate(
-            model,
-            tokenizer,
-            spec,
-            examples,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            seed=seed,
-            progress=progress,
-        )
-    finally:
-        del model
-        gc.collect()
-    record = {
-        "schema_version": 1,
-        "digest": manifest["digest"],
-        "rows_source": {
-            "kind": kind,
-            "files": [EVAL_ROWS_FILE] if kind == "recorded" else files,
-            "sha256": rows_digest(examples),
-            "rows": available,
-        },
-        "settings": {
-            "max_new_tokens": max_new_tokens or spec.serving.max_new_tokens,
-            "temperature": spec.serving.temperature if temperature is None else temperature,
-            "seed": seed,
-            "limit": limit,
-            "quantization": quantization,
-        },
-        "metrics": result.metrics,
-        "details": result.details,
-    }
-    return store.record_evaluation(agent, version, record, result.rows), result.rows
 
 
 def _fmt(value: Any) -> str:
@@ -128,7 +52,7 @@ def _short(text: str | None, width: int = 120) -> str:
 @click.option("--eval-files", multiple=True, help="JSON/JSONL eval rows [the held-out rows recorded with the version].")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N rows.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), help="[the agent's serving setting]")
-@click.option("--temperature", type=click.FloatRange(min=0), help="[the agent's serving setting; 0 is greedy]")
+@click.option("--temperature", type=TEMPERATURE, help="[the agent's serving setting; 0 is greedy]")
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed for sampling when the temperature is above 0."
 )
@@ -150,6 +74,7 @@ def eval_(
 ) -> None:
     """Evaluate AGENT's stored adapter on eval rows as serving would answer them, and record the result."""
     from jnreg.core.evaluation.evaluate import differing_rows
+    from jnreg.release import evaluate_version
 
     store = open_store(ctx)
     _spec(agent)  # an unknown agent fails before anything is loaded

@@ -88,18 +88,20 @@ def publish(
     as_json: bool,
 ) -> None:
     """Store the adapter in DIRECTORY as a new version of AGENT and (unless --no-promote) put it in service."""
-    from jnreg.cli.gate import gated_publish, requirements_for
+    import sys
+
+    from jnreg import release
 
     if require and no_promote:
         raise ConfigError("--require gates putting the version in service; it has no use with --no-promote")
-    requirements = requirements_for(agent, require) if not no_promote else []
-    model_store = open_store(ctx)
-    result = gated_publish(
-        model_store,
+    requirements = release.requirements_for(agent, require) if not no_promote else []
+    result = release.publish(
+        open_store(ctx),
         agent,
         directory,
-        requirements,
-        progress_echo(as_json),
+        require=requirements,
+        echo=progress_echo(as_json),
+        progress=sys.stderr.isatty(),
         adapter_name=adapter_name,
         version=version,
         promote=not no_promote,
@@ -223,10 +225,13 @@ def resolve(ctx: click.Context, agent: str, version: str | None, as_json: bool) 
 @click.pass_context
 def promote(ctx: click.Context, agent: str, version: str, require: tuple[str, ...], as_json: bool) -> None:
     """Put AGENT's VERSION in service (checksums are checked first, then any requirements)."""
-    from jnreg.cli.gate import gated_promote, requirements_for
+    import sys
 
-    requirements = requirements_for(agent, require)
-    entry = gated_promote(open_store(ctx), agent, version, requirements, progress_echo(as_json))
+    from jnreg import release
+
+    entry = release.promote(
+        open_store(ctx), agent, version, require=require, echo=progress_echo(as_json), progress=sys.stderr.isatty()
+    )
     if as_json:
         echo_json({"agent": agent, "current": version, "previous": entry["previous"] if entry else version})
     elif entry is None:

@@ -7,31 +7,9 @@ from typing import Any
 
 import click
 
-from jnreg.cli.base import StoreRoot, echo_json, open_store, progress_echo
+from jnreg.cli.base import MultiValueCommand, StoreRoot, echo_json, open_store, progress_echo
 from jnreg.core.training import launch
 from jnreg.errors import ConfigError
-
-# Options that take several values after one flag, as the guide writes them
-# (``--train-files data/*.jsonl`` after the shell expands the glob).
-MULTI_VALUE = ("--train-files", "--eval-files")
-
-
-class MultiValueCommand(click.Command):
-    """Lets ``--train-files a b c`` mean ``--train-files a --train-files b --train-files c``."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        expanded: list[str] = []
-        current, has_value = None, False
-        for arg in args:
-            if current is not None and not arg.startswith("-"):
-                expanded.extend([current, arg] if has_value else [arg])
-                has_value = True
-                continue
-            flag = arg.split("=", 1)[0]
-            current = flag if flag in MULTI_VALUE else None
-            has_value = "=" in arg
-            expanded.append(arg)
-        return super().parse_args(ctx, expanded)
 
 
 def _choice(*values: str) -> click.Choice:
@@ -236,20 +214,23 @@ def _store_for(ctx: click.Context, config: Any) -> Any:
 def _requirements(config: Any, require: tuple[str, ...]) -> list[Any]:
     if not config.publish:
         return []
-    from jnreg.cli.gate import requirements_for
+    from jnreg.release import requirements_for
 
     return requirements_for(config.agent, require)
 
 
 def _publish(store: Any, config: Any, echo: Any, requirements: list[Any]) -> dict[str, Any]:
-    from jnreg.cli.gate import gated_publish
+    import sys
 
-    result = gated_publish(
+    from jnreg import release
+
+    result = release.publish(
         store,
         config.agent,
         Path(config.output_dir),
-        requirements,
-        echo,
+        require=requirements,
+        echo=echo,
+        progress=sys.stderr.isatty(),
         adapter_name=config.adapter_name,
         version=config.adapter_version,
     )

@@ -45,7 +45,13 @@ class PreparedData:
             "length_p95": data_mod.percentile(lengths, 95),
             "length_max": max(lengths),
             "skipped": self.checked.skipped[:50],
+            "prompt": self.prompt_format(),
         }
+
+    def prompt_format(self) -> dict[str, Any]:
+        """How the rows were rendered, kept with the version so evaluation and serving prompt it the same way."""
+        template = self.renderer.template
+        return {"prompt_template": self.renderer.prompt_template, "system": template.system, "user": template.user}
 
 
 def describe_source(config: TrainConfig, agent: Agent) -> str:

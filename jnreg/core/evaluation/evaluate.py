@@ -139,12 +139,14 @@ def evaluate(
     temperature: float | None = None,
     seed: int = 0,
     progress: bool = True,
+    prompt_template: str | None = None,
 ) -> Evaluation:
     """Metrics and per-row verdicts of ``model`` answering ``examples`` with the agent's serving settings.
 
     ``eval_loss`` is the mean loss per supervised token over all rows (the response tokens, EOS included).
     Rows with a prompt are answered (greedy when the temperature is 0, seeded sampling otherwise) and
-    judged; whole-text rows count towards the loss only.
+    judged; whole-text rows count towards the loss only. ``prompt_template``, when the version was
+    trained with one, renders the prompts instead of the chat template.
     """
     import torch
     from tqdm.auto import tqdm
@@ -155,7 +157,7 @@ def evaluate(
 
         validator = Draft202012Validator(spec.response_schema)
     model.eval()
-    renderer = data_mod.Renderer(tokenizer, spec.template)
+    renderer = data_mod.Renderer(tokenizer, spec.template, prompt_template)
     torch.manual_seed(seed)
     rows: list[dict[str, Any]] = []
     loss_sum, loss_tokens, new_tokens, generation_s = 0.0, 0, 0, 0.0
@@ -181,7 +183,13 @@ def evaluate(
         if example.prompt is not None:
             clock = time.perf_counter()
             answer = generate_answer(
-                model, tokenizer, spec, example.prompt, max_new_tokens=max_new_tokens, temperature=temperature
+                model,
+                tokenizer,
+                spec,
+                example.prompt,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                renderer=renderer,
             )
             generation_s += time.perf_counter() - clock
             new_tokens += answer["new_tokens"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from jnreg.core.data.rows import Renderer
 from jnreg.core.host.spec import AgentSpec
 
 
@@ -11,7 +12,7 @@ def generation_options(spec: AgentSpec, tokenizer: Any, max_new_tokens: int | No
     """``generate()`` keyword arguments for the agent's serving settings; greedy when the temperature is 0."""
     temperature = spec.serving.temperature if temperature is None else temperature
     options: dict[str, Any] = {
-        "max_new_tokens": max_new_tokens or spec.serving.max_new_tokens,
+        "max_new_tokens": spec.serving.max_new_tokens if max_new_tokens is None else max_new_tokens,
         "pad_token_id": tokenizer.pad_token_id,
         "eos_token_id": tokenizer.eos_token_id,
     }
@@ -30,12 +31,18 @@ def generate_answer(
     *,
     max_new_tokens: int | None = None,
     temperature: float | None = None,
+    prompt_template: str | None = None,
+    renderer: Renderer | None = None,
 ) -> dict[str, Any]:
-    """The model's answer to ``prompt`` with its token counts; the model is put in eval mode."""
+    """The model's answer to ``prompt`` with its token counts; the model is put in eval mode.
+
+    The prompt is rendered as training rendered it: the chat template, or ``prompt_template``.
+    """
     import torch
 
     model.eval()
-    text = tokenizer.apply_chat_template(spec.template.messages(prompt), tokenize=False, add_generation_prompt=True)
+    renderer = renderer or Renderer(tokenizer, spec.template, prompt_template)
+    text = renderer.serving_prompt(prompt)
     inputs = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(model.device)
     with torch.no_grad():
         output = model.generate(**inputs, **generation_options(spec, tokenizer, max_new_tokens, temperature))
