@@ -7,90 +7,26 @@ from typing import Any
 
 import click
 
-from jnreg.cli.base import MultiValueCommand, StoreRoot, echo_json, open_store, progress_echo
+from jnreg.cli.base import MultiValueCommand, echo_json, open_store, progress_echo
+from jnreg.cli.train_options import config_options, config_values
 from jnreg.core.training import launch
 from jnreg.errors import ConfigError
 
 
-def _choice(*values: str) -> click.Choice:
-    return click.Choice(values, case_sensitive=False)
-
-
 @click.command(cls=MultiValueCommand)
 @click.argument("agent_arg", metavar="[AGENT]", required=False)
-@click.option("--agent", "agent_opt", help="Agent to train (the guide's spelling; same as the AGENT argument).")
 @click.option(
     "--config",
     "config_file",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
     help="TOML or JSON file of settings; flags override it.",
 )
-@click.option("--adapter-name", help="Adapter name [default: the agent's].")
-@click.option(
-    "--model_name_or_path",
-    "--model-name-or-path",
-    "base_model",
-    help="Base model: hub id, local directory, or jnreg:tiny-mistral (built in, offline).",
-)
-@click.option("--revision", "base_model_revision", help="Hub revision of the base model.")
-@click.option("--quantization", type=_choice("nf4", "8bit", "none"), help="Base model quantization [nf4].")
-@click.option("--train-files", multiple=True, help="JSON/JSONL files or globs (several allowed).")
-@click.option("--dataset-name", help="datasets name or a local dataset directory.")
-@click.option("--dataset-config", help="datasets configuration name.")
-@click.option("--dataset-split", help="datasets split [train].")
-@click.option("--eval-files", multiple=True, help="Evaluation files (else --eval-fraction is held out).")
-@click.option("--eval-fraction", type=float, help="Fraction of rows held out for evaluation [0.1].")
-@click.option("--text-field", help="Column holding whole-text rows [text].")
-@click.option("--prompt-field", help="Column holding the prompt [prompt].")
-@click.option("--response-field", help="Column holding the response [response].")
-@click.option("--prompt-template", help="Template string with {prompt} and {response} (and optionally {system}).")
-@click.option("--max-train-samples", type=int, help="Use at most N training rows (smoke tests).")
-@click.option("--on-bad-row", type=_choice("fail", "skip"), help="Stop at a bad row, or skip and count it [fail].")
-@click.option(
-    "--overlong",
-    type=_choice("truncate", "drop"),
-    help="Rows over --max-seq-length: truncate the prompt from the left, or drop [truncate].",
-)
-@click.option("--output_dir", "--output-dir", "output_dir", help="Output directory [output/adapters/<adapter_name>].")
-@click.option("--epochs", type=float, help="Training epochs.")
-@click.option("--max-steps", type=int, help="Stop after N optimizer steps.")
-@click.option("--train-batch-size", type=int, help="Rows per device step.")
-@click.option("--gradient-accumulation", type=int, help="Steps per optimizer update.")
-@click.option("--learning-rate", type=float, help="Peak learning rate.")
-@click.option("--adapter-r", type=int, help="LoRA rank.")
-@click.option("--adapter-alpha", type=int, help="LoRA alpha.")
-@click.option("--adapter-dropout", type=float, help="LoRA dropout.")
-@click.option("--target-modules", help="Comma-separated module names LoRA wraps.")
-@click.option("--max-seq-length", type=int, help="Longest row in tokens.")
-@click.option("--seed", type=int, help="Random seed [42].")
-@click.option("--logging-steps", type=int, help="Print the loss every N steps.")
-@click.option("--save-steps", type=int, help="Checkpoint every N steps.")
-@click.option("--save-total-limit", type=int, help="Checkpoints kept.")
-@click.option("--eval-steps", type=int, help="Evaluate every N steps [each epoch].")
-@click.option("--early-stopping-patience", type=int, help="Stop after N evaluations without a lower eval loss.")
-@click.option("--report-to", type=_choice("none", "tensorboard"), help="Also log to TensorBoard.")
-@click.option("--resume", is_flag=True, default=None, help="Continue from the last checkpoint in the output dir.")
-@click.option(
-    "--dry-run", is_flag=True, default=None, help="Check packages, device, model, data and memory; no training."
-)
-@click.option("--publish", is_flag=True, default=None, help="Publish the adapter to the ModelStore afterwards.")
-@click.option("--adapter-version", help="Version label for --publish [vYYYYMMDD-HHMM].")
+@config_options
 @click.option(
     "--require",
     multiple=True,
     metavar="METRIC>=X",
     help="With --publish: put the version in service only if its evaluation meets this [the agent's default].",
-)
-@click.option(
-    "--store-root",
-    "train_store_root",
-    type=StoreRoot(),
-    help="ModelStore root for --publish (same as the global option).",
-)
-@click.option(
-    "--processes",
-    type=click.IntRange(min=1),
-    help="Data-parallel processes, one per GPU, started through accelerate [1].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON at the end.")
 @click.pass_context
@@ -100,13 +36,16 @@ def train(
     agent_opt: str | None,
     config_file: Path | None,
     as_json: bool,
-    train_store_root: Path | str | None,
     require: tuple[str, ...],
     **flags: Any,
 ) -> None:
-    """Fine-tune AGENT's LoRA adapter with QLoRA (4-bit NF4 base + LoRA)."""
+    """Fine-tune AGENT's LoRA adapter with QLoRA (4-bit NF4 base + LoRA).
+
+    Every setting is a flag; hyperparameters default to the agent plugin's, and the built-in demo
+    model brings its own where none is given.
+    """
     with launch.reporting_failures():
-        _train(ctx, agent_arg, agent_opt, config_file, as_json, train_store_root, require, flags)
+        _train(ctx, agent_arg, agent_opt, config_file, as_json, require, config_values(flags))
 
 
 def _train(
@@ -115,7 +54,6 @@ def _train(
     agent_opt: str | None,
     config_file: Path | None,
     as_json: bool,
-    train_store_root: Path | str | None,
     require: tuple[str, ...],
     flags: dict[str, Any],
 ) -> None:
@@ -129,8 +67,6 @@ def _train(
     if not agent_name:
         raise ConfigError("which agent? give AGENT, --agent, or an agent in --config")
     agent = get_host().get(agent_name)
-    flags = {k: (v or None) if isinstance(v, tuple) else v for k, v in flags.items()}
-    flags["store_root"] = str(train_store_root) if train_store_root else None
     config = launch.in_this_world(build_config(agent.spec, file_values, flags))
     if require and not config.publish:
         raise ConfigError("--require gates publishing: add --publish")

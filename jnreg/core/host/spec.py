@@ -25,11 +25,12 @@ class Hyperparameters:
     """Training defaults an agent plugin sets; the user's config file and flags override them."""
 
     base_model: str = field(
-        default=DEFAULT_BASE_MODEL, metadata={"help": "Base model: hub id, local path or jnreg:tiny-mistral."}
+        default=DEFAULT_BASE_MODEL,
+        metadata={"help": "Base model: hub id, local directory, or jnreg:tiny-mistral (built in, offline)."},
     )
     epochs: float = field(default=3.0, metadata={"help": "Passes over the training rows."})
     learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate."})
-    lr_scheduler: str = field(default="cosine", metadata={"help": "transformers scheduler name."})
+    lr_scheduler: str = field(default="cosine", metadata={"help": "Learning-rate schedule, by its transformers name."})
     warmup_ratio: float = field(default=0.03, metadata={"help": "Fraction of steps spent warming up."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     train_batch_size: int = field(default=1, metadata={"help": "Rows per device step."})
@@ -38,7 +39,9 @@ class Hyperparameters:
     adapter_r: int = field(default=16, metadata={"help": "LoRA rank."})
     adapter_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)."})
     adapter_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    target_modules: tuple[str, ...] = field(default=MISTRAL_TARGET_MODULES, metadata={"help": "Modules LoRA wraps."})
+    target_modules: tuple[str, ...] = field(
+        default=MISTRAL_TARGET_MODULES, metadata={"help": "Module names LoRA wraps, comma-separated."}
+    )
     max_seq_length: int = field(default=2048, metadata={"help": "Longest training row, in tokens."})
 
     def __post_init__(self) -> None:

@@ -16,6 +16,8 @@ CONFIG_FILE = "jnreg_config.json"
 CONFIG_SCHEMA_VERSION = 1
 # Settings that say what to do with a run rather than how to train; never saved for a rerun.
 ACTIONS = ("dry_run", "resume", "publish", "adapter_version", "store_root", "builtin_settings")
+# Fields that build_config fills in, never the user: no flag, no config-file key.
+INTERNAL = ("builtin_settings",)
 # What the built-in model trains with when the user sets none of these. The 7B defaults barely move a
 # model of its size (eval loss 8.34 -> 8.33 in the quick start); these show it learning in seconds.
 BUILTIN_MODEL_SETTINGS: dict[str, Any] = {
@@ -44,40 +46,59 @@ ALIASES = {
 class TrainConfig(Hyperparameters):
     """Everything one training run needs; validated on creation."""
 
-    agent: str = field(default="", metadata={"help": "Agent whose adapter is trained."})
-    adapter_name: str = field(default="", metadata={"help": "Adapter name (default: the agent's)."})
+    agent: str = field(
+        default="", metadata={"help": "Agent to train (the guide's spelling; same as the AGENT argument)."}
+    )
+    adapter_name: str = field(default="", metadata={"help": "Adapter name [default: the agent's]."})
     base_model_revision: str | None = field(default=None, metadata={"help": "Hub revision of the base model."})
-    quantization: str = field(default="nf4", metadata={"help": "nf4 (QLoRA), 8bit or none."})
-    train_files: tuple[str, ...] = field(default=(), metadata={"help": "JSON/JSONL files or globs."})
+    quantization: str = field(default="nf4", metadata={"help": "Base model quantization: nf4 (QLoRA), 8bit or none."})
+    train_files: tuple[str, ...] = field(default=(), metadata={"help": "JSON/JSONL files or globs (several allowed)."})
     dataset_name: str | None = field(default=None, metadata={"help": "datasets name or local dataset directory."})
     dataset_config: str | None = field(default=None, metadata={"help": "datasets configuration name."})
     dataset_split: str = field(default="train", metadata={"help": "datasets split."})
-    eval_files: tuple[str, ...] = field(default=(), metadata={"help": "Evaluation files (else a held-out fraction)."})
-    eval_fraction: float = field(default=0.1, metadata={"help": "Fraction held out for evaluation."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
-    text_field: str = field(default="text", metadata={"help": "Column with whole-text rows."})
-    prompt_field: str = field(default="prompt", metadata={"help": "Column with the prompt."})
-    response_field: str = field(default="response", metadata={"help": "Column with the response."})
-    prompt_template: str | None = field(
-        default=None, metadata={"help": "Template with {prompt}, {response}, {system}."}
+    eval_files: tuple[str, ...] = field(
+        default=(), metadata={"help": "Evaluation files (else --eval-fraction is held out)."}
     )
-    on_bad_row: str = field(default="fail", metadata={"help": "fail or skip bad rows."})
-    overlong: str = field(default="truncate", metadata={"help": "truncate (prompt, from the left) or drop."})
-    output_dir: str = field(default="", metadata={"help": "Where the adapter is written."})
+    eval_fraction: float = field(default=0.1, metadata={"help": "Fraction of rows held out for evaluation."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most N training rows (smoke tests)."})
+    text_field: str = field(default="text", metadata={"help": "Column holding whole-text rows."})
+    prompt_field: str = field(default="prompt", metadata={"help": "Column holding the prompt."})
+    response_field: str = field(default="response", metadata={"help": "Column holding the response."})
+    prompt_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Template string with {prompt} and {response} (and optionally {system}) [the chat template]."
+        },
+    )
+    on_bad_row: str = field(default="fail", metadata={"help": "Stop at a bad row, or skip and count it."})
+    overlong: str = field(
+        default="truncate", metadata={"help": "Rows over --max-seq-length: truncate the prompt from the left, or drop."}
+    )
+    output_dir: str = field(default="", metadata={"help": "Output directory [output/adapters/<adapter_name>]."})
     seed: int = field(default=42, metadata={"help": "Random seed."})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: epochs decide)."})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after N optimizer steps (-1: the epochs decide)."})
     logging_steps: int = field(default=5, metadata={"help": "Print the loss every N steps."})
     save_steps: int = field(default=50, metadata={"help": "Checkpoint every N steps."})
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept."})
-    eval_steps: int | None = field(default=None, metadata={"help": "Evaluate every N steps (default: each epoch)."})
-    early_stopping_patience: int | None = field(default=None, metadata={"help": "Stop after N evals without gain."})
-    report_to: str = field(default="none", metadata={"help": "none or tensorboard."})
-    processes: int = field(default=1, metadata={"help": "Data-parallel training processes (one per GPU)."})
-    dry_run: bool = field(default=False, metadata={"help": "Check everything, train nothing."})
-    resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint."})
-    publish: bool = field(default=False, metadata={"help": "Publish to the ModelStore after training."})
-    adapter_version: str | None = field(default=None, metadata={"help": "Version label when publishing."})
-    store_root: str | None = field(default=None, metadata={"help": "ModelStore root when publishing."})
+    eval_steps: int | None = field(default=None, metadata={"help": "Evaluate every N steps [each epoch]."})
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after N evaluations without a lower eval loss."}
+    )
+    report_to: str = field(default="none", metadata={"help": "Also log to TensorBoard."})
+    processes: int = field(
+        default=1, metadata={"help": "Data-parallel processes, one per GPU, started through accelerate."}
+    )
+    dry_run: bool = field(
+        default=False, metadata={"help": "Check packages, device, model, data and memory; no training."}
+    )
+    resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in the output dir."})
+    publish: bool = field(default=False, metadata={"help": "Publish the adapter to the ModelStore afterwards."})
+    adapter_version: str | None = field(
+        default=None, metadata={"help": "Version label for --publish [vYYYYMMDD-HHMM]."}
+    )
+    store_root: str | None = field(
+        default=None, metadata={"help": "ModelStore root for --publish (same as the global option)."}
+    )
     builtin_settings: tuple[str, ...] = field(
         default=(), metadata={"help": "Settings taken from the built-in model's own, not from the defaults."}
     )
@@ -140,7 +161,7 @@ class TrainConfig(Hyperparameters):
 
 
 def _normalise_keys(values: dict[str, Any], origin: str) -> dict[str, Any]:
-    known = {f.name for f in fields(TrainConfig)}
+    known = {f.name for f in fields(TrainConfig)} - set(INTERNAL)
     out: dict[str, Any] = {}
     unknown = []
     for key, value in values.items():
