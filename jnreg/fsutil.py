@@ -195,12 +195,24 @@ def write_new_file(target: Path, data: bytes) -> tuple[int, str]:
     return len(data), hashlib.sha256(data).hexdigest()
 
 
+def json_message(exc: json.JSONDecodeError) -> str:
+    """json's message without its position; some end in " at", the position's lead-in, which goes too."""
+    return exc.msg.removesuffix(" at")
+
+
+def json_problem(exc: json.JSONDecodeError | UnicodeDecodeError) -> str:
+    """What is wrong with a JSON text and where ("Invalid control character at line 1 column 5")."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+    return f"{json_message(exc)} at line {exc.lineno} column {exc.colno}"
+
+
 def read_json(path: Path, what: str, error: type[Exception]) -> Any:
     """Parse the JSON file at ``path``; ``error`` names ``what`` and the problem when it cannot."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise error(f"{what} {path} is not valid JSON: {exc}") from None
+        raise error(f"{what} {path} is not valid JSON: {json_problem(exc)}") from None
     except OSError as exc:
         raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 

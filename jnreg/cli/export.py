@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from jnreg.cli.base import echo_json, open_store
-from jnreg.errors import ConfigError
 
 
 @click.command("export")
@@ -25,16 +24,13 @@ from jnreg.errors import ConfigError
 @click.pass_context
 def export(ctx: click.Context, agent: str, version: str | None, target: Path, dtype: str, as_json: bool) -> None:
     """Write AGENT's VERSION [in service] merged into its dequantized base, as a plain transformers model."""
-    import os
-
-    from jnreg.core.export.merge import merge_adapter, model_card, write_model_dir
+    from jnreg.core.export.merge import check_target, merge_adapter, model_card, write_model_dir
     from jnreg.core.models.loading import quiet_library_warnings
     from jnreg.registry import load
 
+    check_target(target)  # before anything slow
     store = open_store(ctx)
     resolution = store.resolve(agent, version)
-    if os.path.lexists(target):
-        raise ConfigError(f"export directory {target} already exists; choose a new one")
     summary = resolution.manifest["training_summary"] or {}
     quantization = summary.get("quantization") or "nf4"  # the base the adapter was trained against
     quiet_library_warnings()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,7 @@ import click
 from jnreg.cli.base import MultiValueCommand, echo_json, open_store, progress_echo
 from jnreg.cli.train_options import config_options, config_values
 from jnreg.core.training import launch
-from jnreg.errors import ConfigError
+from jnreg.errors import ConfigError, GateError
 
 
 @click.command(cls=MultiValueCommand)
@@ -70,11 +72,29 @@ def _train(
     config = launch.in_this_world(build_config(agent.spec, file_values, flags))
     if require and not config.publish:
         raise ConfigError("--require gates publishing: add --publish")
+    if config.adapter_version and not config.publish:
+        raise ConfigError("--adapter-version labels the published version: add --publish")
     requirements = _requirements(config, require)  # a malformed one fails before training
     echo = launch.main_only(progress_echo(as_json))
-    if not launch.is_managed():  # the launching process printed it already
-        _print_config(config, echo)
+    if launch.is_managed():  # the launching process printed it, and owns the output directory
+        _run(ctx, agent, config, as_json, require, requirements, echo)
+        return
+    if config_file is not None:
+        _print_file_settings(config_file, file_values, build_config(agent.spec, {}, flags), config, echo)
+    _print_config(config, echo)
+    with _removed_if_left_empty(Path(config.output_dir)):
+        _run(ctx, agent, config, as_json, require, requirements, echo)
 
+
+def _run(
+    ctx: click.Context,
+    agent: Any,
+    config: Any,
+    as_json: bool,
+    require: tuple[str, ...],
+    requirements: list[Any],
+    echo: Any,
+) -> None:
     if config.processes > 1 and not config.dry_run and not launch.is_distributed():
         actions = _actions(config, as_json, require)
         launch.run(config, actions=actions, root_options=_root_options(ctx), echo=echo)
@@ -95,6 +115,54 @@ def _train(
             summary = _publish(store, config, echo, requirements) | {"training": summary}
     if as_json and launch.is_main():
         echo_json(summary)
+
+
+@contextlib.contextmanager
+def _removed_if_left_empty(output_dir: Path) -> Iterator[None]:
+    """A run that fails leaves no empty directories it made; what it did leave is named."""
+    made = None
+    for folder in (output_dir, *output_dir.parents):
+        if folder.exists():
+            break
+        made = folder
+    try:
+        yield
+    except GateError:
+        raise  # trained and published, only kept out of service: the adapter is the run's result
+    except BaseException:
+        if made is not None:
+            for folder in (output_dir, *output_dir.parents):
+                try:
+                    folder.rmdir()  # only an empty one goes
+                except OSError:
+                    break
+                if folder == made:
+                    break
+            if output_dir.is_dir():
+                left = sorted(p.name for p in output_dir.iterdir())
+                shown = ", ".join(left[:5]) + (f", … {len(left) - 5} more" if len(left) > 5 else "")
+                click.echo(f"note: the failed run left {output_dir}: {shown}", err=True)
+        raise
+
+
+def _print_file_settings(
+    config_file: Path, file_values: dict[str, Any], without_file: Any, config: Any, echo: Any
+) -> None:
+    """Say which settings the config file chose, above all when it was written for another agent."""
+    document, default = config.to_document(), without_file.to_document()
+    chosen = [key for key in file_values if key in document and document[key] != default[key]]
+    if not chosen:
+        return
+    shown = ", ".join(f"{key}={_shown(document[key])}" for key in chosen)
+    written_for = file_values.get("agent")
+    if written_for and written_for != config.agent:
+        echo(f"note: {config_file} was written for agent {written_for}; training {config.agent} with its {shown}")
+    else:
+        echo(f"from {config_file}: {shown}")
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def _actions(config: Any, as_json: bool, require: tuple[str, ...]) -> list[str]:
@@ -124,7 +192,7 @@ def _print_config(config: Any, echo: Any) -> None:
 
     document = config.to_document()
     settings_text = ", ".join(
-        f"{key}={','.join(value) if isinstance(value, list) else value}"
+        f"{key}={_shown(value)}"
         for key, value in sorted(document.items())
         if value not in (None, [], ()) and key != "schema_version"
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from jnreg.errors import IntegrityError, StoreError
-from jnreg.fsutil import atomic_write
+from jnreg.fsutil import atomic_write, json_problem
 from jnreg.names import KNOWN_BASE_REFS, base_ref_slug
 from jnreg.schemas import validate
 
@@ -48,7 +48,7 @@ def parse_map(text: str, where: str) -> dict[str, Any]:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise IntegrityError(
-            f"agent map {where} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+            f"agent map {where} is not valid JSON ({json_problem(exc)}); "
             "fix or restore it: jnreg never overwrites a map it cannot read"
         ) from None
     validate("agent_model_map", document, f"agent map {where}")

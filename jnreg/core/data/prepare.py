@@ -54,6 +54,31 @@ class PreparedData:
         return {"prompt_template": self.renderer.prompt_template, "system": template.system, "user": template.user}
 
 
+def _listed(items: list[str], shown: int = 3) -> str:
+    return "; ".join(items[:shown]) + (f"; … {len(items) - shown} more" if len(items) > shown else "")
+
+
+def row_notes(prepared: PreparedData, config: TrainConfig) -> list[str]:
+    """What the run does not train on as given: rows truncated or dropped by --max-seq-length, bad rows skipped."""
+    both = [prepared.train] + ([prepared.eval] if prepared.eval else [])
+    truncated = [where for rows in both for where in rows.truncated]
+    dropped = [why for rows in both for why in rows.dropped]
+    notes = []
+    if truncated:
+        notes.append(
+            f"note: {len(truncated)} row(s) over --max-seq-length {config.max_seq_length} keep only the end of "
+            f"their prompt (--overlong truncate): {_listed(truncated)}"
+        )
+    if dropped:
+        notes.append(
+            f"note: {len(dropped)} row(s) over --max-seq-length {config.max_seq_length} were dropped "
+            f"(--overlong drop): {_listed(dropped)}"
+        )
+    if prepared.checked.skipped:
+        notes.append(f"note: {len(prepared.checked.skipped)} bad row(s) skipped: {_listed(prepared.checked.skipped)}")
+    return notes
+
+
 def describe_source(config: TrainConfig, agent: Agent) -> str:
     if config.train_files:
         return ", ".join(config.train_files)

@@ -16,6 +16,7 @@ from typing import Any
 
 from jnreg.core.host.spec import AgentSpec, DataOptions, PromptTemplate, Record
 from jnreg.errors import DataError
+from jnreg.fsutil import json_message
 
 TEMPLATE_FIELDS = {"prompt", "response", "system"}
 
@@ -25,6 +26,11 @@ def expand_files(patterns: Iterable[str]) -> list[Path]:
     files: list[Path] = []
     for pattern in patterns:
         matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        folders = [m for m in matches if Path(m).is_dir()]
+        if folders:
+            raise DataError(
+                f"{folders[0]} is a directory, not a data file; give its files, e.g. '{folders[0]}/*.jsonl'"
+            )
         if not matches or not all(Path(m).is_file() for m in matches):
             raise DataError(f"no data file matches {pattern!r}")
         files.extend(Path(m) for m in matches)
@@ -49,7 +55,7 @@ def read_file(path: Path) -> Iterator[Record]:
     try:
         rows = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{source}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+        raise DataError(f"{source}:{exc.lineno}: invalid JSON: {json_message(exc)} (column {exc.colno})") from None
     if isinstance(rows, dict) and isinstance(rows.get("data"), list):
         rows = rows["data"]
     if not isinstance(rows, list):
@@ -101,7 +107,7 @@ def _read_lines(path: Path) -> Iterator[Record]:
         try:
             yield Record(json.loads(line), source, number)
         except json.JSONDecodeError as exc:
-            yield Record(None, source, number, problem=f"invalid JSON: {exc.msg} (column {exc.colno})")
+            yield Record(None, source, number, problem=f"invalid JSON: {json_message(exc)} (column {exc.colno})")
 
 
 def read_dataset(options: DataOptions) -> Iterator[Record]:
@@ -221,7 +227,7 @@ def check_row(record: Record, options: DataOptions, response_validator: Any | No
         try:
             answer = json.loads(response)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"response is not JSON: {exc.msg} (column {exc.colno})") from None
+            raise ValueError(f"response is not JSON: {json_message(exc)} (column {exc.colno})") from None
         error = next(iter(sorted(response_validator.iter_errors(answer), key=lambda e: list(e.path))), None)
         if error is not None:
             path = "/".join(str(p) for p in error.absolute_path) or "<root>"

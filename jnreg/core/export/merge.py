@@ -93,14 +93,29 @@ def model_card(*, agent: str, version: str, digest: str, adapter_name: str, base
     )
 
 
-def write_model_dir(model: Any, tokenizer: Any, target: Path, card: str) -> None:
-    """Save model, tokenizer and card as a transformers directory, renamed into place only when complete."""
+def check_target(target: Path) -> Path:
+    """The directory ``target`` will be written in, proven writable; checked before the slow load and merge."""
     target = Path(target)
     if os.path.lexists(target):
         raise ConfigError(f"export directory {target} already exists; choose a new one")
     parent = target.parent if str(target.parent) else Path(".")
+    if parent.is_file():
+        raise ConfigError(f"cannot export into {target}: {parent} is a file, not a directory")
     if not parent.is_dir():
         raise ConfigError(f"the directory {parent} for the export does not exist")
+    probe = parent / owned_name("probe", target.name)
+    try:
+        os.mkdir(probe)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the export into {parent}: {exc.strerror or exc}") from None
+    return parent
+
+
+def write_model_dir(model: Any, tokenizer: Any, target: Path, card: str) -> None:
+    """Save model, tokenizer and card as a transformers directory, renamed into place only when complete."""
+    target = Path(target)
+    parent = check_target(target)
     staging = parent / owned_name("staging", target.name)
     try:
         model.save_pretrained(str(staging), safe_serialization=True)
@@ -109,7 +124,9 @@ def write_model_dir(model: Any, tokenizer: Any, target: Path, card: str) -> None
         fsync_dir(staging)
         os.rename(staging, target)
         fsync_dir(parent)
-    except BaseException:
+    except BaseException as exc:
         if os.path.lexists(staging):
             remove_tree(staging)
+        if isinstance(exc, OSError):
+            raise ConfigError(f"cannot write the export into {parent}: {exc.strerror or exc}") from None
         raise

@@ -65,9 +65,13 @@ def write_plugin(name: str, directory: Path, description: str | None = None) -> 
         "tests/test_plugin.py": _render("test_plugin.py.tmpl", **values),
     }
     written = []
-    for relative, content in files.items():
-        path = directory / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content, encoding="utf-8")
-        written.append(path)
+    try:
+        for relative, content in files.items():
+            path = directory / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content, encoding="utf-8")
+            written.append(path)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise ConfigError(f"cannot write the plugin into {directory}: {exc.strerror or exc}{where}") from None
     return written

@@ -9,6 +9,7 @@ from typing import Any
 
 from jnreg.core.host.spec import AgentSpec, DataOptions, Hyperparameters
 from jnreg.errors import ConfigError
+from jnreg.fsutil import json_problem
 from jnreg.names import is_label
 from jnreg.schemas import errors as schema_errors
 
@@ -198,7 +199,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         try:
             values = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {path}: invalid JSON: {exc}") from None
+            raise ConfigError(f"config file {path}: invalid JSON: {json_problem(exc)}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a table/object of settings")
     return _normalise_keys(values, f"config file {path}")

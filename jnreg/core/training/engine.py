@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jnreg.core.data.prepare import PreparedData, prepare_data
+from jnreg.core.data.prepare import PreparedData, prepare_data, row_notes
 from jnreg.core.host.plugins import Agent
 from jnreg.core.models.loading import (
     hub_token,
@@ -94,6 +94,8 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
         f"data: {stats['rows']} training rows, {stats['eval_rows']} eval rows, "
         f"{stats['supervised_tokens']} supervised tokens from {stats['source']}"
     )
+    for note in row_notes(prepared, config):
+        echo(note)
 
     set_seed(config.seed)
     model = load_base_model(
@@ -125,6 +127,7 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
         bias="none",
         task_type="CAUSAL_LM",
     )
+    preflight.check_target_modules(model, config.target_modules)
     set_seed(config.seed)
     try:
         model = get_peft_model(model, lora)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-from jnreg.errors import EnvironmentCheckError
+from jnreg.errors import ConfigError, EnvironmentCheckError
 
 # The libraries whose versions the checks compare with jnreg's own requirements in pyproject.toml.
 CHECKED = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "safetensors")
@@ -123,14 +123,39 @@ def _check_bitsandbytes(report: Report, quantization: str) -> None:
     report.ok(f"bitsandbytes {bnb.__version__}: {quantization} layers run on the {backend}")
 
 
+def check_target_modules(model: Any, target_modules: tuple[str, ...]) -> None:
+    """ConfigError naming every target module that matches no module of ``model``, as peft matches names.
+
+    peft wraps what matches and ignores the rest, so a misspelt name would silently train less.
+    """
+    import torch
+
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        output = model.get_output_embeddings()
+        linear = sorted(
+            {
+                n.rsplit(".", 1)[-1]
+                for n, m in model.named_modules()
+                if isinstance(m, torch.nn.Linear) and m is not output
+            }
+        )
+        raise ConfigError(
+            f"--target-modules {', '.join(missing)}: no module of the model is called that; "
+            f"its linear layers are {', '.join(linear) or 'none'}"
+        )
+
+
 def count_parameters(model_config: Any, target_modules: tuple[str, ...], r: int) -> dict[str, int]:
-    """Parameter counts by kind, from the config alone (no weights are loaded)."""
+    """Parameter counts by kind, from the config alone (no weights are loaded); unknown target modules fail."""
     import torch
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(model_config)
+    check_target_modules(model, target_modules)
     output = model.get_output_embeddings()
     counts = {"quantizable": 0, "other": 0, "lora": 0, "target_linear_layers": 0}
     for name, module in model.named_modules():
