@@ -34,7 +34,9 @@ def test_target_modules_that_match_nothing_are_named_in_the_dry_run_and_the_run(
         out = tmp_path / mode[0].strip("-") / "adapter"
         done = jnreg("train", "fact_checker", *QUICK, "--output-dir", str(out), "--target-modules", modules, *mode)
         assert done.exit_code == 1, done.output
-        assert error_line(done).startswith(f"Error: --target-modules {named}: no module of the model is called that;")
+        assert error_line(done).startswith(
+            f"Error: cannot apply LoRA: --target-modules {named}: no module of the model is called that;"
+        )
         assert "q_proj" in error_line(done).split(";")[1]  # the names it does have
         # The failed run made the directory and leaves nothing behind.
         assert not out.parent.exists()

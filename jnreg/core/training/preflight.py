@@ -142,7 +142,7 @@ def check_target_modules(model: Any, target_modules: tuple[str, ...]) -> None:
             }
         )
         raise ConfigError(
-            f"--target-modules {', '.join(missing)}: no module of the model is called that; "
+            f"cannot apply LoRA: --target-modules {', '.join(missing)}: no module of the model is called that; "
             f"its linear layers are {', '.join(linear) or 'none'}"
         )
 
