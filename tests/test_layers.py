@@ -195,6 +195,7 @@ def test_the_layer_check_catches_a_crossing(tmp_path, monkeypatch):
         "from jnreg.core.host.hookspecs import hookimpl, hookspec",
         "from jnreg.core.host.spec import AgentSpec, Hyperparameters, PromptTemplate, Serving, DataOptions, Record",
         "import jnreg.testing",
+        "from jnreg.release import evaluate_version, publish, promote, requirements_for, check",
         "from jnreg.cli import cli, main",
         "from jnreg.errors import JnregError, StoreError, ConfigError, DataError, IntegrityError",
     ],

@@ -128,3 +128,14 @@ def test_what_the_gate_refuses(adapter, tmp_path):
     with pytest.raises(ConfigError, match="temperature must be a number >= 0"):
         release.evaluate_version(store, AGENT, "v1", temperature=float("nan"))
     assert store.current(AGENT) is None and store.evaluations(AGENT, "v1") == []
+
+
+def test_an_exported_model_card_says_how_the_version_was_prompted(adapter, tmp_path):
+    store = store_with(tmp_path, adapter, "v1")
+    target = tmp_path / "merged"
+    done = CliRunner().invoke(cli, ["--store-root", str(store.root), "export", AGENT, "v1", "--merged", str(target)])
+    assert done.exit_code == 0, done.output
+    assert (
+        f"trained with the template `{TEMPLATE}`, not the tokenizer's chat template"
+        in (target / "README.md").read_text()
+    )

@@ -27,6 +27,7 @@ def export(ctx: click.Context, agent: str, version: str | None, target: Path, dt
     from jnreg.core.export.merge import check_target, merge_adapter, model_card, write_model_dir
     from jnreg.core.models.loading import quiet_library_warnings
     from jnreg.registry import load
+    from jnreg.release import prompt_format
 
     check_target(target)  # before anything slow
     store = open_store(ctx)
@@ -49,6 +50,7 @@ def export(ctx: click.Context, agent: str, version: str | None, target: Path, dt
         adapter_name=resolution.adapter_name,
         base_model=resolution.base_model,
         dtype=dtype,
+        prompt_template=(prompt_format(resolution.manifest) or {}).get("prompt_template"),
     )
     write_model_dir(merged, tokenizer, target, card)
     row = {

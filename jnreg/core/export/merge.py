@@ -79,7 +79,24 @@ def merge_adapter(model: Any, dtype: str = "bf16") -> Any:
     return base
 
 
-def model_card(*, agent: str, version: str, digest: str, adapter_name: str, base_model: str, dtype: str) -> str:
+def model_card(
+    *,
+    agent: str,
+    version: str,
+    digest: str,
+    adapter_name: str,
+    base_model: str,
+    dtype: str,
+    prompt_template: str | None = None,
+) -> str:
+    """The merged model's README; it says how to prompt the model when training did not use the chat template."""
+    prompting = ""
+    if prompt_template is not None:
+        # An engine would apply the tokenizer's chat template, which this model was not trained on.
+        prompting = (
+            f"- prompts: trained with the template `{prompt_template}`, not the tokenizer's chat template; "
+            "send the text before `{response}` as the whole prompt\n"
+        )
     return (
         f"# {adapter_name} merged into {base_model}\n\n"
         f"The JustNews `{agent}` agent's LoRA adapter, version `{version}` (digest `{digest}`), merged into "
@@ -89,7 +106,7 @@ def model_card(*, agent: str, version: str, digest: str, adapter_name: str, base
         f"- base model: `{base_model}`\n"
         f"- adapter: `{adapter_name}`, version `{version}`\n"
         f"- adapter digest: `{digest}`\n"
-        f"- dtype: {dtype}\n"
+        f"- dtype: {dtype}\n" + prompting
     )
 
 
