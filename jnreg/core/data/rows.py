@@ -298,15 +298,6 @@ def held_out(count: int, fraction: float, seed: int) -> set[int]:
     return set(order[: min(count - 1, max(1, math.ceil(count * fraction)))])
 
 
-def split_eval(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
-    """Hold out a seeded random ``fraction`` of the rows for evaluation (at least one, never all)."""
-    held = held_out(len(examples), fraction, seed)
-    if not held:
-        return examples, []
-    train = [e for i, e in enumerate(examples) if i not in held]
-    return train, [e for i, e in enumerate(examples) if i in held]
-
-
 class Renderer:
     """Turns examples into token ids exactly as serving sends them, and marks the trained tokens."""
 
@@ -412,23 +403,6 @@ class Renderer:
         return out
 
 
-@dataclass
-class Tokenized:
-    rows: list[dict[str, list[int]]]
-    prompt_tokens: int = 0
-    response_tokens: int = 0
-    truncated: list[str] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)
-
-    @property
-    def lengths(self) -> list[int]:
-        return [len(r["input_ids"]) for r in self.rows]
-
-    @property
-    def supervised_tokens(self) -> int:
-        return sum(sum(r["completion_mask"]) for r in self.rows)
-
-
 def fit(prompt: list[int], completion: list[int], max_length: int, overlong: str) -> list[int] | None:
     """The prompt to keep for a row over ``max_length`` tokens (left-truncated), or None to drop the row."""
     if len(prompt) + len(completion) <= max_length:
@@ -446,28 +420,6 @@ def too_long(where: str, prompt: list[int], completion: list[int], max_length: i
 
 def no_rows_fit(max_length: int) -> DataError:
     return DataError(f"every row is longer than max_seq_length={max_length} tokens")
-
-
-def tokenize(examples: list[Example], renderer: Renderer, max_length: int, overlong: str = "truncate") -> Tokenized:
-    """Token ids and completion masks; over-long rows are left-truncated in the prompt or dropped."""
-    out = Tokenized(rows=[])
-    for example in examples:
-        prompt, completion = renderer.render(example)
-        kept = fit(prompt, completion, max_length, overlong)
-        if kept is None:
-            out.dropped.append(too_long(example.where, prompt, completion, max_length))
-            continue
-        if kept is not prompt:
-            out.truncated.append(example.where)
-        prompt = kept
-        out.prompt_tokens += len(prompt)
-        out.response_tokens += len(completion)
-        out.rows.append(
-            {"input_ids": prompt + completion, "completion_mask": [0] * len(prompt) + [1] * len(completion)}
-        )
-    if not out.rows:
-        raise no_rows_fit(max_length)
-    return out
 
 
 def percentile(values: list[int], q: float) -> int:
