@@ -20,9 +20,10 @@ from click.testing import CliRunner
 from jnreg.cli import cli
 from jnreg.errors import IntegrityError, StoreConflict, StoreError
 from jnreg.registry import ModelStore, resolve
-from jnreg.registry.object_store import OBJECT_CRASH_POINTS, ObjectModelStore
-from jnreg.registry.objects import Bucket
 from jnreg.registry.pull import pull
+from jnreg.registry.storage.bucket import Bucket
+from jnreg.registry.storage.object_layout import CRASH_POINTS as OBJECT_CRASH_POINTS
+from jnreg.registry.storage.objects import ObjectStorage
 from jnreg.schemas import errors as schema_errors
 from tests.conftest import S3_SECRET
 from tests.registry_helpers import make_adapter, safetensors_bytes, start, summary_for
@@ -62,7 +63,7 @@ def map_version(store: ModelStore, agent: str) -> str | None:
 
 def test_the_store_rules_hold_in_object_storage(root: str, tmp_path: Path) -> None:
     store = ModelStore(root)
-    assert isinstance(store, ObjectModelStore)
+    assert isinstance(store.storage, ObjectStorage)
     first = store.publish("critic", make_adapter(tmp_path / "s1", seed=1, summary=summary_for("critic")), version="a")
     assert first.promoted and first.manifest["training_summary"]["adapter_version"] == "a"
     store.publish("critic", make_adapter(tmp_path / "s2", seed=2), version="b")
@@ -248,7 +249,7 @@ def test_a_publish_taken_for_abandoned_never_becomes_visible(
     root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A writer too slow for the stale limit loses its pending record to another's clean-up: it must not go on."""
-    import jnreg.registry.object_store as object_store
+    import jnreg.registry.storage.objects as object_store
 
     store = ModelStore(root)
 
