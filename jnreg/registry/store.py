@@ -165,11 +165,13 @@ class ModelStore:
         if version is None:
             version = self.current(agent)
             if version is None:
-                recorded = self.storage.service_state(agent).history.recorded
-                if recorded is not None:
+                state = self.storage.service_state(agent)
+                if state.damage is not None:
+                    raise IntegrityError(state.damage)
+                if state.history.recorded is not None:
                     raise IntegrityError(
-                        f"{self.storage.current_location(agent)} is missing, but the journal says {recorded} is in "
-                        f"service (`jnreg store recover {agent}` rebuilds it from the journal)"
+                        f"{self.storage.current_location(agent)} is missing, but the journal says "
+                        f"{state.history.recorded} is in service (`jnreg store recover {agent}` rebuilds it)"
                     )
                 raise StoreNotFound(f"agent {agent!r} has no version in service; promote one first")
         manifest = self.manifest(agent, check_version(version))

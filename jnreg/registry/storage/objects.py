@@ -225,7 +225,11 @@ class ObjectStorage(Storage):
             # One record ahead of `current` is a write between its record and its move; more is damage.
             if count is not None and seq not in (count, count - 1):
                 said = "is missing" if seq == 0 else f"follows journal record {seq}"
-                return f"{where} {said}, but the journal has {count} record(s) (`jnreg store recover {agent}`)"
+                served = self._history_at(agent, count).recorded or "no version"
+                return (
+                    f"{where} {said}, but the journal has {count} record(s) and says {served} is in service "
+                    f"(`jnreg store recover {agent}` rebuilds it)"
+                )
             return None
 
         return ServiceState(label, damage=damage, history=lambda: self._history_at(agent, seq))
@@ -405,16 +409,21 @@ class ObjectStorage(Storage):
 
         ``decide`` runs again after another writer got in first, so it always decides on the state it changes.
         """
+        replayed = False
         for attempt in range(MAX_ATTEMPTS):
             document, etag = self._current_state(agent)
             state = self._service(agent, document)
             seq = document["seq"]
             claimed = self._json(record_key(agent, seq + 1), "journal_entry", "journal record")
             if claimed is not None:
-                self._apply(agent, claimed[0], state, document, etag)  # another writer's, recorded, not applied yet
+                # Another writer's, recorded but not applied yet; the map follows this write's end.
+                self._apply(agent, claimed[0], state, document, etag, sync_map=False)
+                replayed = True
                 continue
             entry = decide(state, seq)
             if entry is None:
+                if replayed:
+                    self._sync_map(agent)
                 return None
             text = json.dumps(entry, sort_keys=True, ensure_ascii=False)
             refuse_secrets(text, "journal entry")
@@ -497,11 +506,21 @@ class ObjectStorage(Storage):
                 done.append(self._finish(found[0]))
             self.bucket.delete([entry.key])
         document, etag = self._current_state(agent)
-        claimed = self._json(record_key(agent, document["seq"] + 1), "journal_entry", "journal record")
-        if claimed is not None:
-            self._apply(agent, claimed[0], self._service(agent, document), document, etag)
-            done.append(f"carried out journal record {document['seq'] + 1} ({claimed[0]['action']})")
-        elif document["version"] is not None and self._sync_map(agent):
+        start = document["seq"]
+        # Normally at most one record is ahead of `current` (its writer died before moving it); after `current`
+        # was lost, all of them. The map follows once, to the last, never to a version on the way.
+        while claimed := self._json(record_key(agent, document["seq"] + 1), "journal_entry", "journal record"):
+            self._apply(agent, claimed[0], self._service(agent, document), document, etag, sync_map=False)
+            action = claimed[0]["action"]
+            document, etag = self._current_state(agent)
+        if document["seq"] == start + 1:
+            done.append(f"carried out journal record {document['seq']} ({action})")
+        elif document["seq"] > start + 1:
+            done.append(
+                f"rebuilt {self.current_location(agent)} from journal records {start + 1}-{document['seq']}: "
+                f"{document['version'] or 'nothing'} in service"
+            )
+        if document["version"] is not None and self._sync_map(agent):
             done.append(f"pointed agent map {self.map_path} at {agent} {document['version']}")
         return done
 
@@ -570,25 +589,13 @@ class ObjectStorage(Storage):
             self.bucket.delete([pending])
 
     def recover(self, agent: str, choose: Callable[[ServiceState], dict[str, Any] | None]) -> list[str]:
-        done = self._tidy(agent)
+        done = self._tidy(check_agent(agent))
         document, etag = self._current_state(agent)
-        start = document["seq"]
-        # `current` lost or set back: carry out every record after the one it names, as the next writer would.
-        while claimed := self._json(record_key(agent, document["seq"] + 1), "journal_entry", "journal record"):
-            self._apply(agent, claimed[0], self._service(agent, document), document, etag, sync_map=False)
-            document, etag = self._current_state(agent)
-        if document["seq"] != start:
-            served = document["version"] or "nothing"
-            done.append(
-                f"rebuilt {self.current_location(agent)} from journal records {start + 1}-{document['seq']}: "
-                f"{served} in service"
-            )
-        state = self._service(agent, document)
-        manifest = choose(state)
+        manifest = choose(self._service(agent, document))
         if manifest is not None:
             moved = {"schema_version": 1, "version": manifest["version"], "seq": document["seq"]}
             self.bucket.put_if(current_key(agent), json.dumps(moved).encode(), etag)
             done.append(f"pointed {self.current_location(agent)} at {manifest['version']}, as the journal says")
-        if self._sync_map(agent):
-            done.append(f"pointed agent map {self.map_path} at {agent} {self._current_state(agent)[0]['version']}")
+            if self._sync_map(agent):
+                done.append(f"pointed agent map {self.map_path} at {agent} {manifest['version']}")
         return done
