@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -498,31 +499,28 @@ class ModelStore:
             raise IntegrityError(
                 f"refusing to remove versions of {agent} while its `current` is damaged: {state.damage}"
             )
-        removed = []
-        for version in remove:
-            manifest = self.manifest(agent, version)
-
-            def decide(
-                state: ServiceState, version: str = version, manifest: dict[str, Any] = manifest
-            ) -> Change | None:
-                if not self.storage.is_visible(agent, version) or version in self.protected(
-                    agent, state, self.read_map()
-                ):
-                    return None  # removed, promoted or pinned by someone else meanwhile
-                entry = journal.make_entry(
-                    "gc",
-                    agent,
-                    version,
-                    previous=state.current,
-                    current=state.current,
-                    digest=manifest["digest"],
-                    adapter_name=manifest["adapter_name"],
-                )
-                return Change(entry, manifest)
-
-            if self.storage.remove(agent, version, decide):
-                removed.append(version)
+        removed = [v for v in remove if self.storage.remove(agent, v, self._removal(agent, self.manifest(agent, v)))]
         return GcResult(removed=removed, kept=[v for v in newest_first if v not in removed], dry_run=False)
+
+    def _removal(self, agent: str, manifest: dict[str, Any]) -> Callable[[ServiceState], Change | None]:
+        """What gc decides of ``manifest``'s version on the state it changes: remove it, unless it is protected."""
+        version = manifest["version"]
+
+        def decide(state: ServiceState) -> Change | None:
+            if not self.storage.is_visible(agent, version) or version in self.protected(agent, state, self.read_map()):
+                return None  # removed, promoted or pinned by someone else meanwhile
+            entry = journal.make_entry(
+                "gc",
+                agent,
+                version,
+                previous=state.current,
+                current=state.current,
+                digest=manifest["digest"],
+                adapter_name=manifest["adapter_name"],
+            )
+            return Change(entry, manifest)
+
+        return decide
 
     # Evaluations: kept beside a version, never inside it, so the version and its digest never change ---------
 

@@ -21,9 +21,11 @@ from jnreg.fsutil import (
     pid_alive,
     remove_tree,
 )
-from jnreg.registry import journal
+from jnreg.names import check_agent, check_version
+from jnreg.registry import agent_map, journal
+from jnreg.registry.agent_map import MAP_FILE
 from jnreg.registry.no_secrets import refuse_secrets
-from jnreg.registry.storage.base import CURRENT, MANIFEST, VERSIONS
+from jnreg.registry.storage.base import CURRENT, EVALUATIONS, MANIFEST, VERSIONS
 from jnreg.registry.storage.bucket import Bucket
 from jnreg.schemas import validate
 
@@ -62,6 +64,22 @@ def current_key(agent: str) -> str:
 
 def pending_key(agent: str, owner: str) -> str:
     return f"{agent}/{PENDING}/{owner}.json"
+
+
+def evaluation_key(agent: str, version: str, name: str = "") -> str:
+    return f"{check_agent(agent)}/{EVALUATIONS}/{check_version(version)}/{name}"
+
+
+def read_map_object(bucket: Bucket) -> tuple[dict[str, Any] | None, str | None]:
+    """The agent map kept in the bucket, validated, and its ETag; (None, None) when there is none yet."""
+    got = bucket.get(MAP_FILE)
+    if got is None:
+        return None, None
+    try:
+        text = got[0].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise IntegrityError(f"cannot read agent map {bucket.where(MAP_FILE)}: {exc}") from None
+    return agent_map.parse_map(text, bucket.where(MAP_FILE)), got[1]
 
 
 def read_document(bucket: Bucket, key: str, schema: str, what: str) -> tuple[dict[str, Any], str | None] | None:

@@ -40,7 +40,6 @@ from jnreg.registry.adapter_dir import BINARY_FILES
 from jnreg.registry.agent_map import MAP_FILE
 from jnreg.registry.no_secrets import refuse_secrets
 from jnreg.registry.storage.base import (
-    EVALUATIONS,
     MANIFEST,
     REPAIR,
     VERSIONS,
@@ -60,12 +59,14 @@ from jnreg.registry.storage.object_layout import (
     PENDING,
     cache_root,
     current_key,
+    evaluation_key,
     fetch,
     intent,
     owner_gone,
     pause,
     pending_key,
     read_document,
+    read_map_object,
     record_key,
     record_seq,
     service_key,
@@ -75,6 +76,11 @@ from jnreg.schemas import validate
 
 # Given the state it will change and the number of the record it follows, the entry to record (None: nothing).
 Entry = Callable[[ServiceState, int], dict[str, Any] | None]
+
+
+def _entry_of(decide: Decide) -> Entry:
+    """The journal entry of what ``decide`` says."""
+    return lambda state, seq: change.entry if (change := decide(state)) is not None else None
 
 
 class ObjectStorage(Storage):
@@ -161,14 +167,7 @@ class ObjectStorage(Storage):
         return self._current_state(check_agent(agent))[0]["version"]
 
     def _map_state(self) -> tuple[dict[str, Any] | None, str | None]:
-        got = self.bucket.get(MAP_FILE)
-        if got is None:
-            return None, None
-        try:
-            text = got[0].decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise IntegrityError(f"cannot read agent map {self.map_path}: {exc}") from None
-        return agent_map.parse_map(text, self.map_path), got[1]
+        return read_map_object(self.bucket)
 
     def read_map(self) -> dict[str, Any] | None:
         return self._map_state()[0]
@@ -198,8 +197,15 @@ class ObjectStorage(Storage):
             return list(pool.map(read, keys))
 
     def journal(self, agent: str, limit: int | None = None) -> list[dict[str, Any]]:
-        keys = self._record_keys(check_agent(agent))
-        return self._records(agent, keys=keys[-limit:] if limit is not None else keys)
+        agent = check_agent(agent)
+        last = self._current_state(agent)[0]["seq"] if limit is not None else 0
+        if last == 0:  # all of it, or `current` is lost: list the records
+            keys = self._record_keys(agent)
+            return self._records(agent, keys=keys[-limit:] if limit is not None else keys)
+        # `current` names the newest record it follows; a writer may have recorded one more.
+        while self.bucket.exists(record_key(agent, last + 1)):
+            last += 1
+        return self._records(agent, keys=[record_key(agent, n) for n in range(max(1, last - limit + 1), last + 1)])
 
     def _history_at(self, agent: str, seq: int) -> History:
         """What the journal says after record ``seq``: one service object, or (stores older than those) the records."""
@@ -297,25 +303,22 @@ class ObjectStorage(Storage):
         return self.label_state(agent, label) is not None
 
     def leftovers(self, agent: str) -> list[str]:
-        return []  # files of unfinished publishes are noted label by label (see unfinished)
+        return []  # what unfinished publishes uploaded is noted label by label (see unfinished)
 
     # Evaluations: beside the version ------------------------------------------------------------------
 
-    def _evaluations_key(self, agent: str, version: str, name: str = "") -> str:
-        return f"{check_agent(agent)}/{EVALUATIONS}/{check_version(version)}/{name}"
-
     def evaluation_location(self, agent: str, version: str, name: str) -> str:
-        return self.bucket.where(self._evaluations_key(agent, version, name))
+        return self.bucket.where(evaluation_key(agent, version, name))
 
     def write_evaluation(self, agent: str, version: str, document: dict[str, Any], rows: bytes) -> None:
         # Both names are new, so create-only puts need no lock.
-        self.bucket.put_new(self._evaluations_key(agent, version, document["rows_file"]), rows)
-        record_key = self._evaluations_key(agent, version, f"{document['id']}.json")
+        self.bucket.put_new(evaluation_key(agent, version, document["rows_file"]), rows)
+        record_key = evaluation_key(agent, version, f"{document['id']}.json")
         self.bucket.put_new(record_key, dump_json(document).encode("utf-8"))
 
     def evaluation_documents(self, agent: str, version: str) -> list[tuple[str, str, bytes]]:
         found = []
-        for entry in self.bucket.list(self._evaluations_key(agent, version)):
+        for entry in self.bucket.list(evaluation_key(agent, version)):
             name = entry.key.rsplit("/", 1)[-1]
             if name.startswith("e") and name.endswith(".json"):
                 got = self.bucket.get(entry.key)
@@ -565,23 +568,15 @@ class ObjectStorage(Storage):
         for name in names:
             self.bucket.delete([version_key(agent, label, name)])
 
-    @staticmethod
-    def _entry_of(decide: Decide) -> Entry:
-        def entry(state: ServiceState, seq: int) -> dict[str, Any] | None:
-            change = decide(state)
-            return change.entry if change is not None else None
-
-        return entry
-
     def move(self, agent: str, decide: Decide) -> dict[str, Any] | None:
         self._tidy(agent)
-        return self._move(agent, self._entry_of(decide))
+        return self._move(agent, _entry_of(decide))
 
     def remove(self, agent: str, version: str, decide: Decide) -> bool:
         pending = pending_key(agent, self.owner)
         self.bucket.put(pending, intent(self.owner, "gc", agent, version, "0" * 32))
         try:
-            if self._move(agent, self._entry_of(decide)) is None:
+            if self._move(agent, _entry_of(decide)) is None:
                 return False
             self._remove_files(agent, version)
             return True
