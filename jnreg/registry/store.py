@@ -499,7 +499,14 @@ class ModelStore:
             raise IntegrityError(
                 f"refusing to remove versions of {agent} while its `current` is damaged: {state.damage}"
             )
-        removed = [v for v in remove if self.storage.remove(agent, v, self._removal(agent, self.manifest(agent, v)))]
+        removed = []
+        for version in remove:
+            try:
+                manifest = self.manifest(agent, version)
+            except StoreNotFound:
+                continue  # another gc removed it since the plan was made
+            if self.storage.remove(agent, version, self._removal(agent, manifest)):
+                removed.append(version)
         return GcResult(removed=removed, kept=[v for v in newest_first if v not in removed], dry_run=False)
 
     def _removal(self, agent: str, manifest: dict[str, Any]) -> Callable[[ServiceState], Change | None]:

@@ -29,6 +29,7 @@ from jnreg.fsutil import (
     dump_json,
     fsync_dir,
     is_stale,
+    make_read_only,
     owned_name,
     parse_owned,
     read_json,
@@ -504,8 +505,6 @@ class LocalStorage(Storage):
         for name, data in sealed.extra.items():
             write_new_file(staging / name, data)
         write_new_file(staging / MANIFEST, sealed.text.encode("utf-8"))
-        for name in os.listdir(staging):
-            os.chmod(staging / name, 0o444)
         fsync_dir(staging)
 
         entry = draft.entry(label, sealed.manifest, previous)
@@ -519,7 +518,8 @@ class LocalStorage(Storage):
         os.rename(staging, target)
         fsync_dir(versions_dir)
         fsync_dir(self.agent_dir(agent))
-        os.chmod(target, 0o555)
+        # Sealed once in place: a read-only directory could not be renamed into versions/ (its ".." changes).
+        make_read_only(target)
         crash_point("renamed")
         if draft.promote:
             crash_point("before-current-swap")
