@@ -401,7 +401,6 @@ class ModelStore:
             source=source,
             version=version,
             promote=promote,
-            adapter_name=name,
             free_label=lambda used: self._free_label(agent, used),
             refuse_used_label=lambda label: self._refuse_used_label(agent, label),
             seal=lambda label, copied: seal(agent, label, source, copied, adapter_name=name, base_model=base),

@@ -93,7 +93,6 @@ class Draft:
     source: AdapterSource
     version: str | None  # the label asked for; None: the next free default label
     promote: bool
-    adapter_name: str
     free_label: Callable[[set[str] | None], str]  # the next free default label (given every used label, if known)
     refuse_used_label: Callable[[str], None]
     seal: Callable[[str, dict[str, tuple[int, str]]], Sealed]  # (label, {file: (size, sha256)}) -> manifest
