@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from jnreg.cli.base import StoreRoot, echo_json, open_store, progress_echo, settings
-from jnreg.errors import ConfigError, IntegrityError, StoreError
+from jnreg.errors import ConfigError, IntegrityError, StoreError, StoreNotFound
 
 
 def _version_row(manifest: dict[str, Any], current: str | None) -> dict[str, Any]:
@@ -191,14 +191,45 @@ def show(ctx: click.Context, agent: str, version: str | None, as_json: bool) -> 
         click.echo(f"      {_metrics_line(document)}")
 
 
+AT_HELP = "A past moment: ISO 8601 (2026-11-25T12:00:00Z; no zone is UTC), or a version, meaning its publish time."
+
+
+def _moment(entries: list[dict[str, Any]], agent: str, text: str) -> Any:
+    """The time ``--at`` names: a version's publish time, else an ISO 8601 time."""
+    from jnreg.registry import journal
+
+    published = journal.published_at(entries, agent, text)
+    return journal.parse_time(published or text)
+
+
+def _in_service_at(model_store: Any, agent: str, text: str) -> tuple[str | None, list[dict[str, Any]]]:
+    """(the version in service at ``--at``, or None; the journal up to then)."""
+    from jnreg.registry import journal
+
+    model_store.require_agent(agent)
+    entries = model_store.history(agent)
+    moment = _moment(entries, agent, text)
+    return journal.in_service_at(entries, agent, moment), journal.until(entries, agent, moment)
+
+
 @store.command("resolve")
 @click.argument("agent")
 @click.option("--version", help="Version [default: the one in service].")
+@click.option("--at", "at", metavar="TIME", help="The version in service at TIME, from the journal. " + AT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def resolve(ctx: click.Context, agent: str, version: str | None, as_json: bool) -> None:
+def resolve(ctx: click.Context, agent: str, version: str | None, at: str | None, as_json: bool) -> None:
     """Print AGENT's base model, version, absolute adapter path and digest."""
-    found = open_store(ctx).resolve(agent, version)
+    model_store = open_store(ctx)
+    if at is not None:
+        if version is not None:
+            raise ConfigError("give --version or --at, not both")
+        version, _ = _in_service_at(model_store, agent, at)
+        if version is None:
+            raise StoreNotFound(f"no version of {agent} was in service at {at}")
+        if version not in model_store.version_labels(agent):
+            raise StoreNotFound(f"{agent} {version} was in service at {at} but has since been removed (gc)")
+    found = model_store.resolve(agent, version)
     row = {
         "agent": found.agent,
         "version": found.version,
@@ -307,17 +338,27 @@ def gc(ctx: click.Context, agent: str, keep: int, dry_run: bool, as_json: bool) 
 
 @store.command("history")
 @click.argument("agent")
+@click.option(
+    "--at", "at", metavar="TIME", help="Only the journal up to TIME, and the version in service then. " + AT_HELP
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def history(ctx: click.Context, agent: str, as_json: bool) -> None:
+def history(ctx: click.Context, agent: str, at: str | None, as_json: bool) -> None:
     """Show AGENT's journal: every publish, promote, rollback and gc removal."""
-    entries = open_store(ctx).history(agent)
+    model_store = open_store(ctx)
+    in_service = None
+    if at is None:
+        entries = model_store.history(agent)
+    else:
+        in_service, entries = _in_service_at(model_store, agent, at)
     if as_json:
-        echo_json({"agent": agent, "entries": entries})
+        echo_json({"agent": agent, "entries": entries, **({"at": at, "in_service": in_service} if at else {})})
         return
     for entry in entries:
         moved = f"  current {entry['previous'] or '-'} -> {entry['current'] or '-'}"
         click.echo(f"{entry['when']}  {entry['action']:<8} {entry['version']}{moved}  by {entry['who']}")
+    if at is not None:
+        click.echo(f"in service at {at}: {agent} {in_service or '(none)'}")
 
 
 @store.command("pull")

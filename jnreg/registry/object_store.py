@@ -53,6 +53,7 @@ from jnreg.registry.store import (
     EVALUATIONS,
     MANIFEST,
     REPAIR,
+    REPORTS,
     GcResult,
     ModelStore,
     PublishResult,
@@ -170,6 +171,30 @@ class ObjectModelStore(ModelStore):
                 if got is not None:
                     found.append((self.bucket.where(entry.key), name[: -len(".json")], got[0]))
         return sorted(found)
+
+    # Reports: beside the version, as in the local store; a plain put replaces the page before -----
+
+    def _report_key(self, agent: str, version: str) -> str:
+        return f"{check_agent(agent)}/{REPORTS}/{check_version(version)}.html"
+
+    def report_location(self, agent: str, version: str) -> str:
+        return self.bucket.where(self._report_key(agent, version))
+
+    def write_report(self, agent: str, version: str, page: bytes) -> str:
+        self.manifest(agent, version)
+        self.bucket.put(self._report_key(agent, version), page)
+        return self.report_location(agent, version)
+
+    def read_report(self, agent: str, version: str) -> bytes | None:
+        got = self.bucket.get(self._report_key(agent, version))
+        return got[0] if got is not None else None
+
+    def version_file(self, agent: str, version: str, name: str) -> bytes | None:
+        manifest = self.manifest(agent, version)
+        if name not in {entry["path"] for entry in manifest["files"]}:
+            return None
+        got = self.bucket.get(self._version_key(agent, version, name))
+        return got[0] if got is not None else None
 
     # Reading -------------------------------------------------------------------------------------
 

@@ -58,6 +58,7 @@ JOURNAL_LOCK = ".journal.lock"
 PENDING = ".pending.json"
 MANIFEST = "manifest.json"
 EVALUATIONS = "evaluations"  # <agent>/evaluations/<version>/<id>.json and <id>.rows.jsonl, beside the version
+REPORTS = "reports"  # <agent>/reports/<version>.html: the version's page, rewritten whenever it is made again
 REPAIR = " (`jnreg store promote AGENT VERSION` puts a sound version back in service)"
 
 # Fault injection for the crash tests: a publish, promote or gc SIGKILLs itself at the named point.
@@ -1024,3 +1025,30 @@ class ModelStore:
                 raise IntegrityError(f"evaluation {where} is of {document['agent']} {document['version']}")
             found.append(document)
         return sorted(found, key=lambda d: (d["created_at"], d["id"]))
+
+    # Reports: a version's page beside it, like its evaluations; rewritten whole each time it is made --------
+
+    def report_location(self, agent: str, version: str) -> str:
+        """Where the page of ``agent`` ``version`` is kept, for people to open."""
+        return str(self.agent_dir(agent) / REPORTS / f"{check_version(version)}.html")
+
+    def write_report(self, agent: str, version: str, page: bytes) -> str:
+        """Keep ``page`` as the version's report, replacing the one before; where it is."""
+        self.manifest(agent, version)  # only a published version has a page
+        path = Path(self.report_location(agent, version))
+        if path.parent.is_symlink():
+            raise IntegrityError(f"{path.parent} is a symlink; the store never follows links out of its root")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, page)
+        return str(path)
+
+    def read_report(self, agent: str, version: str) -> bytes | None:
+        path = Path(self.report_location(agent, version))
+        return path.read_bytes() if path.is_file() and not path.parent.is_symlink() else None
+
+    def version_file(self, agent: str, version: str, name: str) -> bytes | None:
+        """The bytes of the published file ``name`` of the version, or None when the version has no such file."""
+        manifest = self.manifest(agent, version)
+        if name not in {entry["path"] for entry in manifest["files"]}:
+            return None
+        return (self.version_dir(agent, version) / name).read_bytes()

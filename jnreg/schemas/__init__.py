@@ -21,6 +21,7 @@ SCHEMA_NAMES = (
     "evaluation",
     "eval_row",
     "data_cache",
+    "training_log",
 )
 
 

@@ -39,7 +39,7 @@ def make_output_dir(config: TrainConfig) -> Path:
 def build_summary(
     config: TrainConfig, *, dry_run: bool, dataset: dict[str, Any], metrics: dict[str, Any], started: str, device: str
 ) -> dict[str, Any]:
-    dataset = {k: v for k, v in dataset.items() if not k.startswith("length_")}
+    dataset = {k: v for k, v in dataset.items() if not k.startswith("length_") or k == "length_histogram"}
     summary = {
         "schema_version": 1,
         "agent": config.agent,
