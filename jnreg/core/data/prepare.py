@@ -67,7 +67,7 @@ def data_files(config: TrainConfig, agent: Agent) -> list[dict[str, str]]:
     groups = source_files(config, agent) or []
     return [
         {"role": role, "path": str(path), "sha256": sha256_file(path)}
-        for role, group in zip(("train", "eval"), groups)
+        for role, group in zip(("train", "eval"), groups, strict=False)
         for path in group
     ]
 
