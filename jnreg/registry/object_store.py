@@ -162,6 +162,10 @@ class ObjectModelStore(ModelStore):
         record_key = self._evaluations_key(agent, version, f"{document['id']}.json")
         self.bucket.put_new(record_key, dump_json(document).encode("utf-8"))
 
+    def _evaluation_file(self, agent: str, version: str, name: str) -> bytes | None:
+        got = self.bucket.get(self._evaluations_key(agent, version, name))
+        return got[0] if got is not None else None
+
     def _evaluation_documents(self, agent: str, version: str) -> list[tuple[str, str, bytes]]:
         found = []
         for entry in self.bucket.list(self._evaluations_key(agent, version)):

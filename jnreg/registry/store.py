@@ -205,6 +205,21 @@ def _base_model_of(source: AdapterSource, given: str | None, source_dir: Path | 
     return given or named  # type: ignore[return-value]
 
 
+def _rows_of(data: bytes | None, document: dict[str, Any]) -> list[dict[str, Any]]:
+    where = f"rows of evaluation {document['id']}"
+    if data is None:
+        raise IntegrityError(f"the {where} are missing")
+    rows = []
+    for number, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise IntegrityError(f"line {number} of the {where} is not valid JSON: {exc}") from None
+        validate("eval_row", row, f"line {number} of the {where}")
+        rows.append(row)
+    return rows
+
+
 class ModelStore:
     """Published adapters per agent, the `current` pointer of each, the journal and the agent map.
 
@@ -1011,6 +1026,14 @@ class ModelStore:
         if not directory.is_dir():
             return []
         return [(str(path), path.stem, path.read_bytes()) for path in sorted(directory.glob("e*.json"))]
+
+    def evaluation_rows(self, agent: str, version: str, document: dict[str, Any]) -> list[dict[str, Any]]:
+        """The per-row verdicts of an evaluation that ``evaluations`` returned."""
+        return _rows_of(self._evaluation_file(agent, version, document["rows_file"]), document)
+
+    def _evaluation_file(self, agent: str, version: str, name: str) -> bytes | None:
+        path = self.evaluations_dir(agent, version) / name
+        return path.read_bytes() if path.is_file() else None
 
     def evaluations(self, agent: str, version: str) -> list[dict[str, Any]]:
         """The validated evaluations recorded for ``agent`` ``version``, oldest first."""

@@ -9,10 +9,10 @@ from typing import Any
 
 from jnreg.core.host.spec import AgentSpec, DataOptions, Hyperparameters
 from jnreg.errors import ConfigError
+from jnreg.names import CONFIG_FILE as CONFIG_FILE  # where the run's config is saved; named with the others
 from jnreg.names import is_label
 from jnreg.schemas import errors as schema_errors
 
-CONFIG_FILE = "jnreg_config.json"
 CONFIG_SCHEMA_VERSION = 1
 # Settings that say what to do with a run rather than how to train; never saved for a rerun.
 ACTIONS = ("dry_run", "resume", "publish", "adapter_version", "store_root", "builtin_settings")
