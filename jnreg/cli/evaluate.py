@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from jnreg.cli.base import echo_json, open_store
+from jnreg.cli.report import refresh_page
 from jnreg.cli.train import MultiValueCommand
 from jnreg.errors import DataError
 from jnreg.names import EVAL_ROWS_FILE
@@ -92,7 +93,9 @@ def evaluate_version(
         "metrics": result.metrics,
         "details": result.details,
     }
-    return store.record_evaluation(agent, version, record, result.rows), result.rows
+    document = store.record_evaluation(agent, version, record, result.rows)
+    refresh_page(store, agent, version, lambda line: click.echo(line, err=True))
+    return document, result.rows
 
 
 def _fmt(value: Any) -> str:
