@@ -24,7 +24,7 @@ table{border-collapse:collapse;margin:6px 0 12px;font-variant-numeric:tabular-nu
 td,th{border:1px solid #d8dee4;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f6f8fa;font-weight:600}td.n{text-align:right}
 code,pre{font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,monospace}
-pre{white-space:pre-wrap;word-break:break-word;margin:0;max-width:640px}
+pre{white-space:pre-wrap;word-break:break-word;margin:0;max-width:640px;max-height:14em;overflow:auto}
 .muted{color:#57606a}.badge{display:inline-block;padding:1px 8px;border-radius:10px;background:#dafbe1;color:#116329}
 .charts{display:flex;flex-wrap:wrap;gap:16px}
 figure{margin:0;position:relative}figcaption{font-weight:600;margin-bottom:2px}

@@ -181,14 +181,16 @@ def _evaluation(docs: VersionDocuments, evaluation: Evaluation) -> str:
         return html + "<p>No row failed.</p>"
     failed_rows = []
     for row in evaluation.failed:
-        path, _, message = (row["schema_error"] or "").partition(": ")
+        path, colon, message = (row["schema_error"] or "").partition(": ")
+        if not colon:  # "not JSON": no path in the answer failed, the whole answer did
+            path, message = "", row["schema_error"] or ""
         missed = ", ".join(k for k, ok in sorted(row["exact_match"].items()) if not ok)
         why = "not JSON" if row["json"] is False else ("schema" if row["schema_valid"] is False else "exact match")
         failed_rows.append(
             f'<td class="n" data-key="evaluations/{ident}/failed" data-value="{row["index"]}">{row["index"]}</td>'
             + code(row["where"])
             + cell(why)
-            + code(path if row["schema_error"] else "")
+            + code(path)
             + cell(message or (f"differs: {missed}" if missed else ""))
             + cell(row["answer"] if row["answer"] is not None else "(no answer)", pre=True)
         )
