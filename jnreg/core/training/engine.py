@@ -177,6 +177,10 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
     extra = list(callbacks)
     if has_eval and config.early_stopping_patience is not None:
         extra.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    if config.trackers:
+        from jnreg.core.training.trackers import TrackerConfig
+
+        extra.append(TrackerConfig(config.to_document(), config.trackers))
     trainer = (PackedSFTTrainer if pack else SFTTrainer)(
         model=model,
         args=args,
