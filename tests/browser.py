@@ -52,10 +52,12 @@ class Browser:
     def __init__(self, binary: str, profile: Path) -> None:
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
-        script = f'exec "$0" "$@" 3<&{to_browser_r} 4>&{from_browser_w}'
+        # Chromium reads fd 3 and writes fd 4; ends moved above them are not overwritten while being put there.
+        to_browser_r, from_browser_w = (_above_four(fd) for fd in (to_browser_r, from_browser_w))
         self.process = subprocess.Popen(
-            ["sh", "-c", script, binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-            pass_fds=(to_browser_r, from_browser_w),
+            [binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            pass_fds=(3, 4),
+            preexec_fn=lambda: (os.dup2(to_browser_r, 3), os.dup2(from_browser_w, 4)),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -185,6 +187,14 @@ class Page:
         )
         x, y = rect["x"] + rect["width"] * fraction, rect["y"] + rect["height"] / 2
         self.browser.call("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y}, self.session)
+
+
+def _above_four(fd: int) -> int:
+    import fcntl
+
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
+    os.close(fd)
+    return high
 
 
 def decode_png(data: bytes) -> tuple[int, int, list[tuple[int, int, int]]]:
