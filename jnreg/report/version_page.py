@@ -120,8 +120,11 @@ def _lineage(docs: VersionDocuments) -> str:
         ("base model", code(manifest["base_model"])),
         ("base model revision", code(manifest.get("base_model_revision") or "not recorded")),
         ("adapter", code(f"{manifest['adapter_name']} ({manifest['peft_type']}, r={manifest['r']})")),
-        ("digest", f'<td><code data-key="manifest/digest" data-value="&quot;{manifest["digest"]}&quot;">'
-         f'{escape(manifest["digest"])}</code></td>'),
+        (
+            "digest",
+            f'<td><code data-key="manifest/digest" data-value="&quot;{manifest["digest"]}&quot;">'
+            f"{escape(manifest['digest'])}</code></td>",
+        ),
         ("signer", cell(manifest.get("signer") or "not signed")),
         ("published", cell(f"{manifest['created_at']} by {manifest['created_by']}")),
         ("jnreg", code(manifest["jnreg_version"])),
