@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from jnreg.cli.base import StoreRoot, echo_json, open_store, progress_echo, settings
+from jnreg.cli.report import store_report
 from jnreg.errors import ConfigError, IntegrityError, StoreError, StoreNotFound
 
 
@@ -64,6 +65,9 @@ class StoreGroup(click.Group):
 @click.group(cls=StoreGroup)
 def store() -> None:
     """The ModelStore: published adapters, the version each agent serves, and AGENT_MODEL_MAP.json."""
+
+
+store.add_command(store_report)
 
 
 @store.command("publish")
