@@ -84,7 +84,14 @@ def test_version_page_shows_the_stored_numbers_and_draws_its_curves(browser, sto
         assert shown_as(exact, text.strip()), (key, exact, text)
     keys = {key for key, _, _ in tagged}
     log = stored["log"]["steps"]
-    assert {f"log/steps/{i}/step" for i in range(len(log))} <= keys
+    table = page.evaluate(
+        "[...document.querySelectorAll('#steps tbody tr')].map(r => [...r.cells].map(c => c.textContent))"
+    )
+    columns = page.evaluate("[...document.querySelectorAll('#steps thead th')].map(c => c.textContent)")
+    assert len(table) == len(log)
+    for entry, cells in zip(log, table, strict=True):
+        for column, text in zip(columns, cells, strict=True):
+            assert shown_as(entry[column], text) if column in entry else text == "", (entry, column, text)
     assert {f"summary/metrics/{name}" for name in stored["summary"]["metrics"]} <= keys
     assert {f"summary/dataset/{name}" for name in ("rows", "eval_rows", "rows_skipped", "supervised_tokens")} <= keys
     own = store.evaluations("synthesizer", second)[0]
