@@ -151,3 +151,20 @@ def test_the_browser_check_sees_console_errors_and_requests_that_leave_the_page(
     page = browser.open(bad.as_uri())
     assert "console.error: broken chart" in page.console()
     assert "http://127.0.0.1:9/x.png" in page.requests()
+
+
+def test_report_commands_import_no_torch_and_fail_in_one_line(store_with_versions, tmp_path):
+    from tests.helpers import heavy_imports_after
+
+    store, _ = store_with_versions
+    root = str(store.root)
+    assert heavy_imports_after(["--store-root", root, "report", "synthesizer", "--out", str(tmp_path / "p.html")]) == []
+    assert heavy_imports_after(["--store-root", root, "store", "report", "--out", str(tmp_path / "o")]) == []
+    for args, message in [
+        (["report", "synthesizer", "v999"], "v999"),
+        (["report", "synthesizer", "--out", str(tmp_path / "no" / "such" / "dir" / "p.html")], "cannot write"),
+        (["report", "nobody"], "nobody"),
+    ]:
+        done = run_jnreg("--store-root", root, *args)
+        assert done.returncode != 0 and message in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
