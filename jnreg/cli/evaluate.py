@@ -180,6 +180,7 @@ def eval_(
             click.echo(f"  {name:<28} {_fmt(doc_a['metrics'].get(name))}")
         click.echo(f"rows: {rows_path}")
         click.echo(f"recorded as evaluation {doc_a['id']} of {agent} {first}")
+        click.echo(f"page: {store.report_location(agent, first)}")
         return
     # The second version answers exactly the rows the first one did.
     same_rows = eval_files or (str(store.resolve(agent, first).adapter_path / EVAL_ROWS_FILE),)

@@ -12,7 +12,10 @@ from jnreg.errors import JnregError
 
 
 def refresh_page(store: Any, agent: str, version: str, echo: Any) -> str | None:
-    """Rewrite the version's page beside it after a change; a page that cannot be made never undoes the change."""
+    """Rewrite the version's page beside it after a change; a page that cannot be made never undoes the change.
+
+    Silent when it works, so the commands' own output (and their --json) stays as it was.
+    """
     from jnreg.report import write_version_page
 
     try:
@@ -20,7 +23,6 @@ def refresh_page(store: Any, agent: str, version: str, echo: Any) -> str | None:
     except (JnregError, OSError) as exc:
         echo(f"note: the page of {agent} {version} was not written: {str(exc).splitlines()[0]}")
         return None
-    echo(f"report: {where}")
     return where
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from jnreg.cli.base import StoreRoot, echo_json, open_store, progress_echo, settings
-from jnreg.cli.report import store_report
+from jnreg.cli.report import refresh_page, store_report
 from jnreg.errors import ConfigError, IntegrityError, StoreError, StoreNotFound
 
 
@@ -122,6 +122,7 @@ def publish(
         return
     state = "in service" if result.promoted else "not promoted"
     click.echo(f"published {agent} {result.version} ({result.digest[:12]}, {state}) at {result.path}")
+    click.echo(f"page: {model_store.report_location(agent, result.version)}")
 
 
 @store.command("list")
@@ -250,6 +251,13 @@ def resolve(ctx: click.Context, agent: str, version: str | None, at: str | None,
         click.echo(f"{key}: {value}")
 
 
+def _refresh_pages(model_store: Any, agent: str, entry: dict[str, Any], echo: Any) -> None:
+    """The pages of the versions a promote or rollback moved service between, which show it."""
+    for version in dict.fromkeys(v for v in (entry["current"], entry["previous"]) if v):
+        if model_store.read_report(agent, version) is not None:
+            refresh_page(model_store, agent, version, echo)
+
+
 @store.command("promote")
 @click.argument("agent")
 @click.argument("version")
@@ -261,7 +269,10 @@ def promote(ctx: click.Context, agent: str, version: str, require: tuple[str, ..
     from jnreg.cli.gate import gated_promote, requirements_for
 
     requirements = requirements_for(agent, require)
-    entry = gated_promote(open_store(ctx), agent, version, requirements, progress_echo(as_json))
+    model_store = open_store(ctx)
+    entry = gated_promote(model_store, agent, version, requirements, progress_echo(as_json))
+    if entry is not None:
+        _refresh_pages(model_store, agent, entry, progress_echo(as_json))
     if as_json:
         echo_json({"agent": agent, "current": version, "previous": entry["previous"] if entry else version})
     elif entry is None:
@@ -276,7 +287,9 @@ def promote(ctx: click.Context, agent: str, version: str, require: tuple[str, ..
 @click.pass_context
 def rollback(ctx: click.Context, agent: str, as_json: bool) -> None:
     """Put back the version AGENT served before the current one."""
-    entry = open_store(ctx).rollback(agent)
+    model_store = open_store(ctx)
+    entry = model_store.rollback(agent)
+    _refresh_pages(model_store, agent, entry, progress_echo(as_json))
     if as_json:
         echo_json({"agent": agent, "current": entry["version"], "previous": entry["previous"]})
     else:

@@ -259,6 +259,7 @@ def _publish(store: Any, config: Any, echo: Any, requirements: list[Any]) -> dic
         version=config.adapter_version,
     )
     echo(f"published {config.agent} {result.version} ({result.digest[:12]}) to {result.path}")
+    echo(f"page: {store.report_location(config.agent, result.version)}")
     return {
         "published": {
             "agent": config.agent,

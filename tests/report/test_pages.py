@@ -168,3 +168,22 @@ def test_report_commands_import_no_torch_and_fail_in_one_line(store_with_version
         done = run_jnreg("--store-root", root, *args)
         assert done.returncode != 0 and message in done.stderr, (args, done.stderr)
         assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_promote_and_rollback_rewrite_the_pages_they_change(tmp_path):
+    store = ModelStore(tmp_path / "store")
+    first = publish_version(store, tmp_path, steps=5, rows=3, seed=1, evaluate=False)
+    second = publish_version(store, tmp_path, steps=5, rows=3, seed=2, evaluate=False)
+    root = str(store.root)
+    for version in (first, second):
+        assert run_jnreg("--store-root", root, "report", "synthesizer", version).returncode == 0
+
+    def in_service(version: str) -> bool:
+        return b'class="badge">in service' in store.read_report("synthesizer", version)
+
+    assert in_service(second) and not in_service(first)
+    assert run_jnreg("--store-root", root, "store", "rollback", "synthesizer").returncode == 0
+    assert in_service(first) and not in_service(second)
+    assert b"rollback: put in service" in store.read_report("synthesizer", first)
+    assert run_jnreg("--store-root", root, "store", "promote", "synthesizer", second).returncode == 0
+    assert in_service(second) and not in_service(first)
