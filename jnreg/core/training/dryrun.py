@@ -19,6 +19,7 @@ Echo = Callable[[str], None]
 def dry_run(config: TrainConfig, agent: Agent, echo: Echo = print) -> dict[str, Any]:
     """Every check a run makes, no training: packages, backend, tokenizer, config, data, memory."""
     started = now()
+    preflight.check_trackers(config.trackers)
     output_dir = make_output_dir(config)
     report = preflight.check_environment(config.quantization)
     for line in report.lines:

@@ -105,6 +105,10 @@ def test_a_tracker_that_is_not_installed_is_one_line_before_training(tmp_path):
         "Error: --report-to trackio: trackio is not installed; pip install 'jnreg[trackio]'"
     )
     assert "Traceback" not in done.stderr and "eval loss" not in done.stdout and not (tmp_path / "out").exists()
+    dry = run_jnreg(
+        "train", AGENT, "--dry-run", "--output-dir", str(tmp_path / "out"), "--report-to", "wandb", "trackio"
+    )
+    assert dry.returncode != 0 and "pip install 'jnreg[trackio]'" in dry.stderr
 
 
 def test_report_to_takes_several_trackers_and_none_means_none(builtin_agents, tmp_path):
