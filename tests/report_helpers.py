@@ -98,6 +98,10 @@ def publish_version(
     )
     source = make_adapter(work / f"{agent}-{seed}", seed=seed, summary=summary, junk=False)
     (source / "training_log.json").write_text(json.dumps(training_log(agent, steps)))
+    from jnreg.core.training.config import TrainConfig
+
+    config = TrainConfig(agent=agent, adapter_name=f"{agent}_adapter", output_dir="out", adapter_r=8, seed=seed)
+    (source / "jnreg_config.json").write_text(json.dumps(config.to_document()))
     result = store.publish(agent, source)
     if evaluate:
         record_evaluation(store, agent, result.version, rows)

@@ -104,6 +104,9 @@ def test_version_page_shows_the_stored_numbers_and_draws_its_curves(browser, sto
     text = page.evaluate("document.body.innerText")
     assert "'key_points' is a required property" in text and "Sure! here is" in text and "not JSON" in text
     assert "not signed" in text and stored["manifest"]["digest"] in text
+    config = json.loads(store.version_file("synthesizer", second, "jnreg_config.json"))
+    shown = page.evaluate("[...document.querySelectorAll('#config tr')].map(r => [...r.cells].map(c => c.textContent))")
+    assert ["adapter_r", str(config["adapter_r"])] in shown and ["seed", str(config["seed"])] in shown
     assert "rollback: put in service" in text and "put in service" in text
 
     width, height, pixels = page.screenshot('figure[data-chart="loss"] svg')
