@@ -33,6 +33,10 @@ def _quiet(_line: str) -> None:
     pass
 
 
+def _unchanged(_version: str) -> None:
+    pass
+
+
 def open_store(store: ModelStore | Path | str) -> ModelStore:
     """``store`` itself, or the ModelStore at that root (a directory or ``s3://bucket/prefix``)."""
     from jnreg.registry.store import ModelStore
@@ -90,11 +94,13 @@ def evaluate_version(
     seed: int = 0,
     quantization: str = "nf4",
     progress: bool = False,
+    on_change: Callable[[str], None] = _unchanged,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Load ``version`` through ``jnreg.registry.load``, evaluate it, record the result; (record, rows).
 
     Without ``eval_files`` the held-out rows recorded with the version are used; prompts are rendered
-    the way the version was trained.
+    the way the version was trained. ``on_change(version)`` runs once the result is recorded (to
+    refresh what shows the version, such as its page).
     """
     from jnreg.core.data.rows import expand_files
     from jnreg.core.evaluation.evaluate import evaluate, read_eval_rows, rows_digest
@@ -159,7 +165,9 @@ def evaluate_version(
         "metrics": result.metrics,
         "details": result.details,
     }
-    return store.record_evaluation(agent, version, record, result.rows), result.rows
+    document = store.record_evaluation(agent, version, record, result.rows)
+    on_change(version)
+    return document, result.rows
 
 
 def whole_evaluation(store: ModelStore, agent: str, version: str) -> dict[str, Any] | None:
@@ -184,6 +192,7 @@ def check(
     *,
     echo: Echo = _quiet,
     progress: bool = False,
+    on_change: Callable[[str], None] = _unchanged,
 ) -> dict[str, Any] | None:
     """The evaluation that meets ``requirements`` (the latest whole one recorded, else a new one); GateError when short.
 
@@ -204,7 +213,7 @@ def check(
                 "checked: the gate counts only an evaluation of the rows held out when it was trained"
             )
         echo(f"{agent} {version} has no evaluation of all its recorded eval rows yet; evaluating it for {wanted}")
-        document, _ = evaluate_version(store, agent, version, progress=progress)
+        document, _ = evaluate_version(store, agent, version, progress=progress, on_change=on_change)
     missed = shortfalls(requirements, document["metrics"])
     if missed:
         raise GateError(f"{'; '.join(missed)} [evaluation {document['id']}]")
@@ -219,6 +228,7 @@ def promote(
     require: Iterable[str | Requirement] = (),
     echo: Echo = _quiet,
     progress: bool = False,
+    on_change: Callable[[str], None] = _unchanged,
 ) -> dict[str, Any] | None:
     """Put ``version`` in service once it meets ``require``; its journal entry, or None when it already is in service.
 
@@ -233,7 +243,7 @@ def promote(
              "was not checked")  # fmt: skip
         return store.promote(agent, version)
     try:
-        check(store, agent, version, requirements, echo=echo, progress=progress)
+        check(store, agent, version, requirements, echo=echo, progress=progress, on_change=on_change)
     except JnregError as exc:
         raise GateError(f"{agent} {version} not put in service: {exc}") from None
     return store.promote(agent, version)
@@ -258,11 +268,13 @@ def publish(
     base_model: str | None = None,
     echo: Echo = _quiet,
     progress: bool = False,
+    on_change: Callable[[str], None] = _unchanged,
 ) -> PublishResult:
     """Publish the adapter in ``directory``; with requirements it is stored out of service, checked, then promoted.
 
     A version that falls short stays stored, out of service (GateError). ``require`` with
-    ``promote=False`` is refused: there would be nothing to gate.
+    ``promote=False`` is refused: there would be nothing to gate. ``on_change(version)`` runs once
+    the outcome is stored, whichever it is.
     """
     store = open_store(store)
     given = list(require)
@@ -271,11 +283,15 @@ def publish(
     requirements = requirements_for(agent, given) if promote else []
     options = {"adapter_name": adapter_name, "version": version, "base_model": base_model}
     if not requirements:
-        return store.publish(agent, directory, promote=promote, **options)
+        result = store.publish(agent, directory, promote=promote, **options)
+        on_change(result.version)
+        return result
     result = store.publish(agent, directory, promote=False, **options)
     try:
-        check(store, agent, result.version, requirements, echo=echo, progress=progress)
+        check(store, agent, result.version, requirements, echo=echo, progress=progress, on_change=on_change)
     except JnregError as exc:
+        on_change(result.version)
         raise GateError(f"published {agent} {result.version} but did not put it in service: {exc}") from None
     store.promote(agent, result.version)
+    on_change(result.version)
     return dataclasses.replace(result, promoted=True)

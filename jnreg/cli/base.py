@@ -55,7 +55,7 @@ TEMPERATURE = FiniteFloatRange(min=0)
 
 # Options that take several values after one flag, as the guide writes them
 # (``--train-files data/*.jsonl`` after the shell expands the glob).
-MULTI_VALUE = ("--train-files", "--eval-files")
+MULTI_VALUE = ("--train-files", "--eval-files", "--report-to")
 
 
 class MultiValueCommand(click.Command):

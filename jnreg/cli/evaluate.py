@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from jnreg.cli.base import TEMPERATURE, MultiValueCommand, echo_json, open_store
+from jnreg.cli.report import refresh_page
 from jnreg.names import EVAL_ROWS_FILE
 
 SHOWN = ("rows", "eval_loss", "json_rate", "schema_valid", "exact_match")
@@ -89,6 +90,7 @@ def eval_(
         "seed": seed,
         "quantization": quantization,
         "progress": not as_json or sys.stderr.isatty(),
+        "on_change": lambda changed: refresh_page(store, agent, changed, lambda line: click.echo(line, err=True)),
     }
     doc_a, rows_a = evaluate_version(store, agent, first, eval_files=eval_files, **options)
     if second is None:
@@ -102,6 +104,8 @@ def eval_(
             click.echo(f"  {name:<28} {_fmt(doc_a['metrics'].get(name))}")
         click.echo(f"rows: {rows_path}")
         click.echo(f"recorded as evaluation {doc_a['id']} of {agent} {first}")
+        click.echo(f"page: {store.report_location(agent, first)}")
+        click.echo(f"page: {store.report_location(agent, first)}")
         return
     # The second version answers exactly the rows the first one did.
     same_rows = eval_files or (str(store.resolve(agent, first).adapter_path / EVAL_ROWS_FILE),)

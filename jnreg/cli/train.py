@@ -227,6 +227,7 @@ def _publish(store: Any, config: Any, echo: Any, requirements: list[Any]) -> dic
     import sys
 
     from jnreg import release
+    from jnreg.cli.report import refresh_page
 
     result = release.publish(
         store,
@@ -235,10 +236,12 @@ def _publish(store: Any, config: Any, echo: Any, requirements: list[Any]) -> dic
         require=requirements,
         echo=echo,
         progress=sys.stderr.isatty(),
+        on_change=lambda changed: refresh_page(store, config.agent, changed, echo),
         adapter_name=config.adapter_name,
         version=config.adapter_version,
     )
     echo(f"published {config.agent} {result.version} ({result.digest[:12]}) to {result.path}")
+    echo(f"page: {store.report_location(config.agent, result.version)}")
     return {
         "published": {
             "agent": config.agent,

@@ -30,7 +30,13 @@ FLAG_ALIASES: dict[str, tuple[str, ...]] = {
 # Fields whose flag takes one comma-separated value rather than repeating.
 COMMA_SEPARATED = ("target_modules",)
 # Checked by the flag itself, before a config is built (a bad process count never reaches the launcher).
-FLAG_TYPES: dict[str, click.ParamType] = {"processes": click.IntRange(min=1), "store_root": StoreRoot()}
+FLAG_TYPES: dict[str, click.ParamType] = {
+    "processes": click.IntRange(min=1),
+    "store_root": StoreRoot(),
+    "report_to": click.Choice(("none", "tensorboard", "mlflow", "wandb", "trackio"), case_sensitive=False),
+}
+# Fields of one string that the flag gives as several values (TrainConfig joins them with commas).
+SEVERAL = ("report_to",)
 # Where the flag's value lands in the callback's keyword arguments, when not under the field's own name.
 DESTINATIONS = {"agent": "agent_opt"}
 # Defaults not worth a "[default: ...]" in the help: nothing set, or a field the agent plugin sets.
@@ -80,7 +86,7 @@ def _option(field: Field, hints: dict[str, Any]) -> Callable[[Any], Any]:
         options["type"] = click.Choice(choices, case_sensitive=False)
     else:
         options["type"] = _PLAIN_TYPES[kind]
-    if several and field.name not in COMMA_SEPARATED:
+    if (several and field.name not in COMMA_SEPARATED) or field.name in SEVERAL:
         options["multiple"] = True
     return click.option(*declared, DESTINATIONS.get(field.name, field.name), **options)
 

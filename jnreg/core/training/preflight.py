@@ -31,6 +31,25 @@ def _required() -> dict[str, Any]:
     return found
 
 
+# Each tracker --report-to takes, the module the Trainer's integration needs, and jnreg's extra that installs it.
+TRACKERS = {
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "mlflow": ("mlflow", "mlflow"),
+    "wandb": ("wandb", "wandb"),
+    "trackio": ("trackio", "trackio"),
+}
+
+
+def check_trackers(trackers: tuple[str, ...]) -> None:
+    """Refuse, before any work, a tracker whose package is not installed, naming the extra that installs it."""
+    from importlib.util import find_spec
+
+    for tracker in trackers:
+        module, extra = TRACKERS[tracker]
+        if find_spec(module) is None:
+            raise ConfigError(f"--report-to {tracker}: {module} is not installed; pip install 'jnreg[{extra}]'")
+
+
 def library_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in [*CHECKED, "jnreg", "tokenizers"]:
