@@ -200,3 +200,20 @@ def test_the_launch_reports_a_user_error_before_a_crash(tmp_path):
     (tmp_path / "rank0.error").unlink()
     message = launch._failure_message(tmp_path, RuntimeError("x"), 2)
     assert message == "training process 1 of 2 failed: RuntimeError: gloo connection closed"
+
+
+def test_a_process_that_crashes_leaves_one_line_and_its_traceback_for_the_launch(tmp_path, monkeypatch):
+    logs = tmp_path / "tmp"
+    logs.mkdir()
+    monkeypatch.setenv("TMPDIR", str(logs))
+    monkeypatch.setattr("tempfile.tempdir", None)  # read TMPDIR again
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", launch.LAUNCH_DIR_ENV: str(tmp_path)}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as stopped, launch.reporting_failures():
+        {}["missing"]  # noqa: B018 - a failure inside jnreg, not a user error
+    assert stopped.value.code == 1
+    [log] = logs.glob("jnreg-crash-*.log")
+    assert "Traceback" in log.read_text() and "KeyError" in log.read_text()
+    message = launch._failure_message(tmp_path, RuntimeError("x"), 2)
+    assert message.startswith("training process 1 of 2 failed: KeyError: 'missing' (the traceback is in ")
+    assert str(log) in message and "\n" not in message
