@@ -10,6 +10,7 @@
 - Training keeps the run's loss per optimizer step, reduced across the processes, in the
   Trainer state, so it is saved with every checkpoint and a resumed run reports the loss of
   all its steps.
+- The newest checkpoint is never deleted, whatever ``save_total_limit`` and the best model.
 """
 
 from __future__ import annotations
@@ -55,6 +56,16 @@ class RunTrainer(SFTTrainer):
         """The mean train loss over every optimizer step of the run, resumed runs included."""
         totals = self.run_totals()
         return totals["loss_sum"] / totals["steps"] if totals["steps"] else None
+
+    def _finalize_training(self, *args: Any, **kwargs: Any) -> Any:
+        # With save_total_limit 1 the Trainer deletes every checkpoint but the best one here; the newest,
+        # the one --resume continues from, stays (rotation already keeps both the best and the newest).
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None if limit == 1 else limit
+        try:
+            return super()._finalize_training(*args, **kwargs)
+        finally:
+            self.args.save_total_limit = limit
 
     # Evaluation.
 

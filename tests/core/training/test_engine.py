@@ -196,12 +196,16 @@ def test_resume_skips_incomplete_checkpoints_and_a_finished_run_is_left_as_it_is
 
 
 def test_save_total_limit_one_keeps_the_newest_checkpoint(builtin_agents, tmp_path):
-    """An evaluation at step 2 but not at the last step used to make checkpoint-2 the one kept."""
+    """9 training rows, 4 a step: an evaluation ends the first epoch at step 3, none comes at step 4.
+
+    The best-model bookkeeping used to keep checkpoint-3 (the best, as the only one evaluated) and
+    delete checkpoint-4, so a later --resume went back to step 3.
+    """
     agent = builtin_agents.get("fact_checker")
     out = tmp_path / "run"
-    config = config_for(agent, out, max_steps=3, save_steps=1, save_total_limit=1, eval_steps=2, max_train_samples=12)
+    config = config_for(agent, out, max_steps=4, save_steps=1, save_total_limit=1, max_train_samples=12)
     engine.train(config, agent, echo=quiet)
-    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(builtin_agents, tmp_path):
