@@ -59,9 +59,9 @@ class GateError(JnregError):
 
 
 def first_line(exc: BaseException) -> str:
-    """An exception's message as one line: its first, else the exception's type."""
+    """The first line of ``exc``'s message, for a one-line report; its type's name when the message is empty."""
     lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    return lines[0].strip() if lines else type(exc).__name__
 
 
 def crash_log(exc: BaseException) -> Path | None:
