@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from jnreg.errors import JnregError, first_line
+from jnreg.errors import JnregError, first_line, internal_error
 
 
 @dataclass
@@ -42,6 +42,9 @@ class StoreRoot(click.ParamType):
 class JnregGroup(click.Group):
     """A group that shows a jnreg error as one line and exits non-zero, never as a traceback.
 
+    Any other exception is a failure inside jnreg or a library: one line too, naming the file
+    that holds its traceback.
+
     ``commands_at`` names commands by ``module:attribute``; each is imported the first time it is needed.
     """
 
@@ -69,6 +72,11 @@ class JnregGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("jnreg: interrupted", err=True)
             sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            # Not the user's doing: one line, with the traceback in a file to report.
+            raise click.ClickException(internal_error(exc)) from None
 
 
 def progress_echo(as_json: bool) -> Callable[[str], None]:
