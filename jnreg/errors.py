@@ -53,3 +53,7 @@ class IntegrityError(StoreError):
 
 class GateError(JnregError):
     """A version falls short of the requirements for going into service, or they cannot be checked."""
+
+
+class SignatureError(IntegrityError):
+    """Under a trust policy: a version is unsigned, signed by a key not trusted, or does not match its signature."""

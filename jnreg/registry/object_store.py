@@ -49,6 +49,7 @@ from jnreg.registry.adapter_dir import BINARY_FILES
 from jnreg.registry.agent_map import MAP_FILE
 from jnreg.registry.no_secrets import refuse_secrets
 from jnreg.registry.objects import Bucket, Conflict
+from jnreg.registry.signing import SIGNATURE, load_signer
 from jnreg.registry.store import (
     EVALUATIONS,
     MANIFEST,
@@ -296,6 +297,9 @@ class ObjectModelStore(ModelStore):
                         f"(sha256 {sha[:12]}…, manifest says {item['sha256'][:12]}…)"
                     )
             (staging / MANIFEST).write_text(dump_json(manifest), encoding="utf-8")
+            signature = self._read_signature(agent, version)
+            if signature is not None:
+                (staging / SIGNATURE).write_bytes(signature)  # so the copy verifies as the stored version does
             for entry in os.scandir(staging):
                 os.chmod(entry.path, 0o444)
             fsync_dir(staging)
@@ -339,6 +343,20 @@ class ObjectModelStore(ModelStore):
 
         return file_problems(where, manifest, present, sha256_of)
 
+    def _read_signature(self, agent: str, version: str) -> bytes | None:
+        got = self.bucket.get(self._version_key(check_agent(agent), check_version(version), SIGNATURE))
+        return got[0] if got is not None else None
+
+    def _write_signature(self, agent: str, version: str, data: bytes, *, replace: bool) -> None:
+        key = self._version_key(agent, version, SIGNATURE)
+        if replace:
+            self.bucket.put(key, data)
+            return
+        try:
+            self.bucket.put_new(key, data)
+        except Conflict:
+            raise StoreConflict(f"{agent} {version} already has a {SIGNATURE}") from None
+
     def verify(self, agent: str | None = None, version: str | None = None) -> VerifyReport:
         report = VerifyReport()
         if agent is None:
@@ -362,7 +380,8 @@ class ObjectModelStore(ModelStore):
                     if set(listing.get(label, {})) - {CLAIM}:
                         report.notes.append(f"{name} {label}: files of an unfinished publish or a gc (not a version)")
                     continue
-                report.problems.extend(self.check_files(name, label))
+                problems = self.check_files(name, label)
+                report.problems.extend(problems or self.signature_problems(name, label))
                 report.checked.append(f"{name} {label}")
             if version is None:
                 self._verify_service(name, document, report)
@@ -456,7 +475,9 @@ class ObjectModelStore(ModelStore):
         version: str | None = None,
         promote: bool = True,
         base_model: str | None = None,
+        sign_key: Path | str | None = None,
     ) -> PublishResult:
+        signer = load_signer(sign_key)
         source, adapter_name, base_model = self._publishable(agent, source_dir, adapter_name, version, base_model)
         self._tidy(agent)
         op = journal.make_entry("publish", agent, "v", previous=None, current=None)["op"]
@@ -479,6 +500,8 @@ class ObjectModelStore(ModelStore):
             )
             for name, data in extra.items():
                 self.bucket.put(self._version_key(agent, label, name), data)
+            if signer is not None:
+                self.bucket.put(self._version_key(agent, label, SIGNATURE), signer.sign(manifest))
             crash_point("uploaded")
             if not self.bucket.exists(pending):
                 # Another writer took this publish for dead (its record outlived the limit) and removed what
@@ -514,6 +537,7 @@ class ObjectModelStore(ModelStore):
             digest=manifest["digest"],
             manifest=manifest,
             promoted=promote,
+            signer=signer.fingerprint if signer else None,
         )
 
     def _claim_label(self, agent: str, version: str | None, op: str, pending: str) -> str:

@@ -47,6 +47,8 @@ from jnreg.registry.adapter_dir import MODEL_CARD, SUMMARY, AdapterSource, inspe
 from jnreg.registry.agent_map import MAP_FILE
 from jnreg.registry.no_secrets import refuse_secrets
 from jnreg.registry.objects import is_object_url
+from jnreg.registry.signatures import SignedVersions
+from jnreg.registry.signing import SIGNATURE, Signer, load_signer
 from jnreg.schemas import validate
 
 DEFAULT_ROOT = Path("model_store")
@@ -95,6 +97,7 @@ class PublishResult:
     digest: str
     manifest: dict[str, Any]
     promoted: bool
+    signer: str | None = None  # fingerprint of the key that signed it
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,7 @@ def file_problems(
         elif (actual := sha256_of(name)) != info["sha256"]:
             expected = info["sha256"]
             problems.append(f"{where}: {name} is corrupt (sha256 {actual[:12]}…, manifest says {expected[:12]}…)")
-    for name in sorted(set(present) - set(listed) - {MANIFEST}):
+    for name in sorted(set(present) - set(listed) - {MANIFEST, SIGNATURE}):
         problems.append(f"{where}: {name} is not in the manifest")
     if compute_digest(manifest["files"]) != manifest["digest"]:
         problems.append(f"{where}: manifest digest does not match its file list")
@@ -204,7 +207,7 @@ def _base_model_of(source: AdapterSource, given: str | None, source_dir: Path | 
     return given or named  # type: ignore[return-value]
 
 
-class ModelStore:
+class ModelStore(SignedVersions):
     """Published adapters per agent, the `current` pointer of each, the journal and the agent map.
 
     The rules (labels never reused, manifests and digests, the journal, the map, `current`, promote,
@@ -354,6 +357,7 @@ class ModelStore:
             if version is None:
                 raise StoreNotFound(f"agent {agent!r} has no version in service; promote one first")
         manifest = self.manifest(agent, check_version(version))
+        self.require_trusted(agent, version, manifest)
         document = self.read_map()
         entry = agent_map.entry_for(document, agent, manifest["adapter_name"])
         base_ref = entry.get("base_ref") if entry else None
@@ -395,6 +399,33 @@ class ModelStore:
             present[entry.name] = entry.stat(follow_symlinks=False).st_size if regular else None
         return file_problems(where, manifest, present, lambda name: sha256_file(path / name))
 
+    def _read_signature(self, agent: str, version: str) -> bytes | None:
+        path = self.version_dir(agent, version) / SIGNATURE
+        if path.is_symlink():
+            raise IntegrityError(f"{path} is a symlink; the store never follows links out of its root")
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _write_signature(self, agent: str, version: str, data: bytes, *, replace: bool) -> None:
+        with self._writing(agent) as agent_dir:
+            self.manifest(agent, version)  # still published: a gc may have run meanwhile
+            path = self.version_dir(agent, version)
+            if os.path.lexists(path / SIGNATURE) and not replace:
+                raise StoreConflict(f"{agent} {version} already has a {SIGNATURE}")
+            # Written beside the version first, so a crash leaves nothing inside it that verify would report.
+            temp = agent_dir / owned_name("tmp", SIGNATURE)
+            write_new_file(temp, data)
+            os.chmod(temp, 0o444)
+            os.chmod(path, 0o755)
+            try:
+                os.replace(temp, path / SIGNATURE)
+            finally:
+                temp.unlink(missing_ok=True)
+                os.chmod(path, 0o555)
+            fsync_dir(path)
+
     def verify(self, agent: str | None = None, version: str | None = None) -> VerifyReport:
         """Recompute every checksum and check `current`, the agent map and the journal."""
         report = VerifyReport()
@@ -432,7 +463,7 @@ class ModelStore:
                 if version is None and not os.path.lexists(path):
                     continue  # removed by a gc while we looked
                 raise
-            report.problems.extend(problems)
+            report.problems.extend(problems or self.signature_problems(agent, label))
             report.checked.append(f"{agent} {label}")
         if version is None:
             self._verify_service(agent, report)
@@ -712,12 +743,15 @@ class ModelStore:
         version: str | None = None,
         promote: bool = True,
         base_model: str | None = None,
+        sign_key: Path | str | None = None,
     ) -> PublishResult:
         """Store the loadable files of the adapter in ``source_dir`` as a new immutable version of ``agent``.
 
         ``base_model`` names the base the adapter was trained on, for adapters that do not say; an adapter
-        that names another base is refused.
+        that names another base is refused. The version is signed with the key at ``sign_key`` (else
+        $JNREG_SIGNING_KEY) when one is given.
         """
+        signer = load_signer(sign_key)
         source, adapter_name, base_model = self._publishable(agent, source_dir, adapter_name, version, base_model)
         agent_dir = self._prepare(agent)
         staging = agent_dir / owned_name("staging")
@@ -739,6 +773,7 @@ class ModelStore:
                     base_model=base_model,
                     version=version,
                     promote=promote,
+                    signer=signer,
                 )
         except OSError as exc:
             raise StoreError(f"publish of {agent} failed: {exc.strerror or exc}") from None
@@ -828,6 +863,7 @@ class ModelStore:
         base_model: str,
         version: str | None,
         promote: bool,
+        signer: Signer | None = None,
     ) -> PublishResult:
         """Name, seal and rename a staged version into place, then put it in service (held: all locks)."""
         versions_dir = self.agent_dir(agent) / VERSIONS
@@ -841,6 +877,8 @@ class ModelStore:
         for name, data in extra.items():
             write_new_file(staging / name, data)
         write_new_file(staging / MANIFEST, text.encode("utf-8"))
+        if signer is not None:
+            write_new_file(staging / SIGNATURE, signer.sign(manifest))
         for name in os.listdir(staging):
             os.chmod(staging / name, 0o444)
         fsync_dir(staging)
@@ -864,7 +902,14 @@ class ModelStore:
         crash_point("before-journal")
         self._append_journal(entry)
         self._clear_pending(agent)
-        return PublishResult(version=label, path=target, digest=manifest["digest"], manifest=manifest, promoted=promote)
+        return PublishResult(
+            version=label,
+            path=target,
+            digest=manifest["digest"],
+            manifest=manifest,
+            promoted=promote,
+            signer=signer.fingerprint if signer else None,
+        )
 
     def _change_current(self, agent: str, action: str, version: str, previous: str | None) -> dict[str, Any]:
         """Put a published, intact version in service and journal it (held: all locks)."""

@@ -21,6 +21,8 @@ SCHEMA_NAMES = (
     "evaluation",
     "eval_row",
     "data_cache",
+    "signature_bundle",
+    "signature_statement",
 )
 
 
