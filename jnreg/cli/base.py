@@ -41,7 +41,26 @@ class StoreRoot(click.ParamType):
 
 
 class JnregGroup(click.Group):
-    """A group that shows a jnreg error as one line and exits non-zero, never as a traceback."""
+    """A group that shows a jnreg error as one line and exits non-zero, never as a traceback.
+
+    ``commands_at`` names commands by ``module:attribute``; each is imported the first time it is needed.
+    """
+
+    def __init__(self, *args: Any, commands_at: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands_at = dict(commands_at or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands_at, *super().list_commands(ctx)})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        where = self.commands_at.get(cmd_name)
+        if where is not None and cmd_name not in self.commands:
+            import importlib
+
+            module, _, attribute = where.partition(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

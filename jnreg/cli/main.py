@@ -7,16 +7,21 @@ from pathlib import Path
 import click
 
 from jnreg import __version__
-from jnreg.cli.agents import agents
 from jnreg.cli.base import JnregGroup, Settings, StoreRoot
-from jnreg.cli.evaluate import eval_
-from jnreg.cli.export import export
-from jnreg.cli.generate import generate
-from jnreg.cli.store import store
-from jnreg.cli.train import train
+
+# Each command and where it lives; a command's module is imported only when that command runs
+# (or when --help lists them all), so `jnreg store resolve` never pays for `train`'s options.
+COMMANDS = {
+    "agents": "jnreg.cli.agents:agents",
+    "store": "jnreg.cli.store:store",
+    "train": "jnreg.cli.train:train",
+    "generate": "jnreg.cli.generate:generate",
+    "eval": "jnreg.cli.evaluate:eval_",
+    "export": "jnreg.cli.export:export",
+}
 
 
-@click.group(cls=JnregGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=JnregGroup, commands_at=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="jnreg")
 @click.option(
     "--store-root",
@@ -50,14 +55,6 @@ def cli(
         agent_map_given=given,
         trusted_keys=tuple(str(k) for k in trusted_keys),
     )
-
-
-cli.add_command(agents)
-cli.add_command(store)
-cli.add_command(train)
-cli.add_command(generate)
-cli.add_command(eval_)
-cli.add_command(export)
 
 
 def main() -> None:
