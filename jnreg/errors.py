@@ -57,3 +57,9 @@ class GateError(JnregError):
 
 class SignatureError(IntegrityError):
     """Under a trust policy: a version is unsigned, signed by a key not trusted, or does not match its signature."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, for a one-line report; its type's name when the message is empty."""
+    lines = str(exc).strip().splitlines()
+    return lines[0].strip() if lines else type(exc).__name__

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from jnreg.errors import JnregError
+from jnreg.errors import JnregError, first_line
 
 
 @dataclass
@@ -66,7 +66,7 @@ class JnregGroup(click.Group):
         try:
             return super().invoke(ctx)
         except JnregError as exc:
-            raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+            raise click.ClickException(first_line(exc)) from None
         except KeyboardInterrupt:
             click.echo("jnreg: interrupted", err=True)
             sys.exit(130)

@@ -34,6 +34,7 @@ from jnreg.fsutil import (
     dump_json,
     fsync_dir,
     is_stale,
+    make_read_only,
     owned_name,
     parse_owned,
     read_json,
@@ -417,13 +418,12 @@ class ModelStore(SignedVersions):
             # Written beside the version first, so a crash leaves nothing inside it that verify would report.
             temp = agent_dir / owned_name("tmp", SIGNATURE)
             write_new_file(temp, data)
-            os.chmod(temp, 0o444)
             os.chmod(path, 0o755)
             try:
                 os.replace(temp, path / SIGNATURE)
             finally:
                 temp.unlink(missing_ok=True)
-                os.chmod(path, 0o555)
+                make_read_only(path)
             fsync_dir(path)
 
     def verify(self, agent: str | None = None, version: str | None = None) -> VerifyReport:
@@ -879,8 +879,6 @@ class ModelStore(SignedVersions):
         write_new_file(staging / MANIFEST, text.encode("utf-8"))
         if signer is not None:
             write_new_file(staging / SIGNATURE, signer.sign(manifest))
-        for name in os.listdir(staging):
-            os.chmod(staging / name, 0o444)
         fsync_dir(staging)
 
         entry = self._begin("publish", manifest, previous=previous, current=label if promote else previous)
@@ -893,7 +891,8 @@ class ModelStore(SignedVersions):
         os.rename(staging, target)
         fsync_dir(versions_dir)
         fsync_dir(self.agent_dir(agent))
-        os.chmod(target, 0o555)
+        # Sealed once in place: a read-only directory could not be renamed into versions/ (its ".." changes).
+        make_read_only(target)
         crash_point("renamed")
         if promote:
             crash_point("before-current-swap")
