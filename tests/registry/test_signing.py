@@ -474,3 +474,28 @@ def test_train_publish_with_a_bad_key_stops_before_training(builtin_agents, tmp_
     assert not (out / "adapter_model.safetensors").exists()
     done = CliRunner().invoke(cli, ["train", "fact_checker", "--sign-key", str(keys["a"][0]), "--dry-run"])
     assert done.exit_code == 1 and "--sign-key signs what is published: add --publish" in done.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["eval", "critic", "--quantization", "none"],
+        ["export", "critic", "--merged", "{tmp}/merged"],
+        ["generate", "critic", "A claim.", "--quantization", "none"],
+        ["store", "show", "critic"],
+    ],
+    ids=lambda c: c[0] if c[0] != "store" else "store-show",
+)
+def test_commands_that_read_an_adapter_refuse_under_the_policy(
+    builtin_agents, tmp_path: Path, keys, command, monkeypatch
+) -> None:
+    store = ModelStore(tmp_path / "store")
+    store.publish("critic", make_adapter(tmp_path / "s", summary=summary_for("critic")), version="v1")
+    monkeypatch.setenv(TRUSTED_KEYS_ENV, str(keys["a"][1]))
+    argv = ["--store-root", str(tmp_path / "store"), *(a.replace("{tmp}", str(tmp_path)) for a in command)]
+    done = CliRunner().invoke(cli, argv)
+    assert done.exit_code == 1 and "Traceback" not in done.output
+    assert done.output.strip().splitlines()[-1] == (
+        "Error: refusing critic v1: it is unsigned (no model.sig) and this host trusts only signed versions"
+    )
+    assert not (tmp_path / "merged").exists()
