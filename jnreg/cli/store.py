@@ -196,7 +196,7 @@ def list_(ctx: click.Context, agent: str | None, as_json: bool) -> None:
         return
     for row in rows:
         mark = "*" if row["current"] else " "
-        signed = f"  signed:{row['signer'][:16]}" if row["signer"] else "  unsigned"
+        signed = f"  signed by sha256:{row['signer'][:16]}" if row["signer"] else "  unsigned"
         click.echo(
             f"{mark} {row['version']}  {row['adapter_name']}  {row['created_at']}  {row['digest'][:12]}{signed}"
             + (f"  {_metrics_line(row['evaluation'])}" if row["evaluation"] else "")

@@ -261,6 +261,9 @@ def test_every_attack_is_refused_and_nothing_in_service_changes(root: str, tmp_p
         source.trust_keys(trusted)
         with pytest.raises(SignatureError, match=rf"refusing {agent} {label}: "):
             pull(source, mirror, [agent], every=True)
+        flags = ["--trusted-key", str(trusted[0]), "store", "pull", root, str(mirror.root), agent, "--all"]
+        done = CliRunner().invoke(cli, flags)
+        assert done.exit_code == 1 and f"refusing {agent} {label}: " in done.output
         assert (mirror.root / "AGENT_MODEL_MAP.json").read_bytes() == before
         assert mirror.current("critic") == "v1" and label not in mirror.version_labels(agent)
         mirror.trust_keys(trusted)
