@@ -502,3 +502,25 @@ def test_commands_that_read_an_adapter_refuse_under_the_policy(
         "Error: refusing critic v1: it is unsigned (no model.sig) and this host trusts only signed versions"
     )
     assert not (tmp_path / "merged").exists()
+
+
+def test_load_under_a_policy_returns_the_signed_adapter(tmp_path: Path, keys) -> None:
+    pytest.importorskip("peft")
+    from peft import LoraConfig, get_peft_model
+
+    from jnreg.core.models.loading import load_base_model, load_tokenizer
+
+    base = load_base_model("jnreg:tiny-mistral", None)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    out = tmp_path / "out"
+    get_peft_model(base, config).save_pretrained(out)
+    load_tokenizer("jnreg:tiny-mistral").save_pretrained(out)
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    adapter_config["base_model_name_or_path"] = "jnreg:tiny-mistral"
+    (out / "adapter_config.json").write_text(json.dumps(adapter_config))
+    ModelStore(tmp_path / "store").publish("analyst", out, version="v1", sign_key=keys["a"][0])
+
+    model, _ = load("analyst", store_root=tmp_path / "store", quantization=None, trusted_keys=[keys["a"][1]])
+    assert type(model).__name__.startswith("PeftModel")
+    with pytest.raises(SignatureError, match="refusing analyst v1: it is signed by key"):
+        load("analyst", store_root=tmp_path / "store", quantization=None, trusted_keys=[keys["b"][1]])
