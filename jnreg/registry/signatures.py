@@ -2,18 +2,22 @@
 
 A version's signature (``<version>/model.sig``) lies beside its files and is not one of them: the
 manifest and digest never list it, so a version published before signing was set up can be signed
-later without changing what it is. Each storage provides two primitives, ``_read_signature`` and
-``_write_signature``; everything else (the trust policy, refusing, verifying, signing) is here.
+later without changing what it is. Each storage reads and writes it (``read_signature``,
+``write_signature``); everything else (the trust policy, refusing, verifying, signing) is here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from jnreg.errors import IntegrityError, SignatureError, StoreConflict, StoreError
 from jnreg.names import check_version
+from jnreg.registry.manifests import Sealed
 from jnreg.registry.signing import (
+    SIGNATURE,
+    Signer,
     TrustPolicy,
     load_signer,
     parse_bundle,
@@ -27,11 +31,10 @@ from jnreg.registry.signing import (
 class SignedVersions:
     """Signing, and checking signatures against the host's trust policy, for a ModelStore."""
 
-    def _read_signature(self, agent: str, version: str) -> bytes | None:
-        raise NotImplementedError
+    storage: Any  # the ModelStore's storage
 
-    def _write_signature(self, agent: str, version: str, data: bytes, *, replace: bool) -> None:
-        raise NotImplementedError
+    def _read_signature(self, agent: str, version: str) -> bytes | None:
+        return self.storage.read_signature(agent, version)
 
     @property
     def trust(self) -> TrustPolicy | None:
@@ -100,5 +103,13 @@ class SignedVersions:
         held = self.signer(agent, version)
         if held is not None and not replace:
             raise StoreConflict(f"{agent} {version} is already signed by key {short(held)}; --replace signs it anew")
-        self._write_signature(agent, version, signer.sign(manifest), replace=replace)
+        self.storage.write_signature(agent, version, signer.sign(manifest), replace=replace)
         return signer.fingerprint
+
+
+def signed(sealed: Sealed, signer: Signer | None) -> Sealed:
+    """``sealed`` with the version's signature among the files the storage writes, after the manifest listed
+    its files (so it is never one of them); built from the manifest's sha256s, no file is read again."""
+    if signer is None:
+        return sealed
+    return dataclasses.replace(sealed, extra={**sealed.extra, SIGNATURE: signer.sign(sealed.manifest)})
