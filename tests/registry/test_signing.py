@@ -23,9 +23,9 @@ from click.testing import CliRunner
 from jnreg.cli import cli
 from jnreg.errors import SignatureError, StoreConflict, StoreError
 from jnreg.registry import ModelStore, load, resolve
-from jnreg.registry.objects import Bucket
 from jnreg.registry.pull import pull
 from jnreg.registry.signing import SIGNATURE, TRUSTED_KEYS_ENV, policy_from
+from jnreg.registry.storage.bucket import Bucket
 from jnreg.schemas import errors as schema_errors
 from tests.helpers import heavy_imports_after
 from tests.registry_helpers import make_adapter, safetensors_bytes, summary_for
