@@ -29,6 +29,7 @@ SCHEMA_NAMES = (
     "data_cache",
     "signature_bundle",
     "signature_statement",
+    "training_log",
 )
 
 

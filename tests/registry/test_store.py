@@ -146,6 +146,10 @@ def test_adapter_name_and_base_model_sources(store: ModelStore, tmp_path: Path) 
         (lambda d: (d / "training_summary.json").write_text(json.dumps(summary_for("critic"))), "not 'analyst'"),
         (lambda d: (d / "training_summary.json").write_text('{"agent": "analyst"}'), "training_summary schema"),
         (lambda d: (d / "training_summary.json").write_text("[1"), "not valid JSON"),
+        (
+            lambda d: (d / "training_summary.json").write_text(json.dumps(summary_for("analyst") | {"dry_run": True})),
+            "is a dry run's report",
+        ),
     ],
 )
 def test_publish_refuses_what_is_not_a_valid_adapter(store: ModelStore, tmp_path: Path, damage, message: str) -> None:

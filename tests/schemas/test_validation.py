@@ -15,6 +15,7 @@ from jnreg.registry import ModelStore
 from jnreg.registry.journal import read_entries
 from jnreg.schemas import SCHEMA_NAMES, SchemaProblem, checker, errors, load_schema, validate
 from tests.registry_helpers import make_adapter, summary_for
+from tests.report_helpers import training_log
 
 ODD_VALUES = [None, True, 0, -1, 1.5, "", "x", "not..a..label", [], [1], {}, {"x": 1}]
 
@@ -75,6 +76,7 @@ def documents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Any]]:
         "eval_row": [row],
         "signature_bundle": [bundle],
         "signature_statement": [json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))],
+        "training_log": [training_log("critic", 6, eval_every=3)],
     }  # fmt: skip
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ class PreparedData:
     first_example: data_mod.Example
     cache_hit: bool = False
     eval_rows: Path | None = None  # the held-out rows as checked, as JSONL
+    # Keeps the cache entry these files are in from eviction for as long as the run holds this.
+    lease: datacache.Lease | None = field(default=None, repr=False, compare=False)
 
     def stats(self) -> dict[str, Any]:
         lengths = self.train.lengths
@@ -44,8 +46,32 @@ class PreparedData:
             "length_p50": data_mod.percentile(lengths, 50),
             "length_p95": data_mod.percentile(lengths, 95),
             "length_max": max(lengths),
+            "length_histogram": histogram(lengths),
             "skipped": self.checked.skipped[:50],
         }
+
+
+def histogram(lengths: list[int], bins: int = 20) -> dict[str, list[int]]:
+    """Row lengths in tokens counted in equal-width bins: ``edges`` has one more entry than ``counts``."""
+    low, high = min(lengths), max(lengths)
+    width = max(1, -(-(high - low + 1) // bins))
+    edges = list(range(low, high + width + 1, width))
+    counts = [0] * (len(edges) - 1)
+    for length in lengths:
+        counts[(length - low) // width] += 1
+    return {"edges": edges, "counts": counts}
+
+
+def data_files(config: TrainConfig, agent: Agent) -> list[dict[str, str]]:
+    """Each data file the rows came from, with its sha256; empty for a dataset or a plugin's loader."""
+    from jnreg.fsutil import sha256_file
+
+    groups = source_files(config, agent) or []
+    return [
+        {"role": role, "path": str(path), "sha256": sha256_file(path)}
+        for role, group in zip(("train", "eval"), groups, strict=False)
+        for path in group
+    ]
 
 
 def describe_source(config: TrainConfig, agent: Agent) -> str:
@@ -74,7 +100,15 @@ def prepare_data(config: TrainConfig, agent: Agent, tokenizer: Any) -> PreparedD
         if entry is not None:
             renderer = data_mod.Renderer(tokenizer, spec.template, config.prompt_template)
             return PreparedData(
-                source, entry.checked, entry.train, entry.eval, renderer, entry.first_example, True, entry.eval_rows
+                source,
+                entry.checked,
+                entry.train,
+                entry.eval,
+                renderer,
+                entry.first_example,
+                True,
+                entry.eval_rows,
+                entry.lease,
             )
     work = datacache.scratch()
     kept_work = False
@@ -136,7 +170,9 @@ def prepare_data(config: TrainConfig, agent: Agent, tokenizer: Any) -> PreparedD
     finally:
         if not kept_work:
             datacache.discard(work)
-    return PreparedData(source, train_in, entry.train, entry.eval, renderer, entry.first_example, hit, entry.eval_rows)
+    return PreparedData(
+        source, train_in, entry.train, entry.eval, renderer, entry.first_example, hit, entry.eval_rows, entry.lease
+    )
 
 
 def source_files(config: TrainConfig, agent: Agent) -> list[list[Path]] | None:
