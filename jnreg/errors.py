@@ -58,6 +58,10 @@ class GateError(JnregError):
     """A version falls short of the requirements for going into service, or they cannot be checked."""
 
 
+class SignatureError(IntegrityError):
+    """Under a trust policy: a version is unsigned, signed by a key not trusted, or does not match its signature."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of ``exc``'s message, for a one-line report; its type's name when the message is empty."""
     lines = str(exc).strip().splitlines()

@@ -21,6 +21,7 @@ class Settings:
     store_root: Path | str | None
     agent_map: Path | None
     agent_map_given: bool = False
+    trusted_keys: tuple[str, ...] = ()  # --trusted-key, in place of $JNREG_TRUSTED_KEYS
 
 
 class StoreRoot(click.ParamType):
@@ -103,4 +104,12 @@ def open_store(ctx: click.Context, root: Path | str | None = None) -> Any:
     agent_map = shared.agent_map
     if str(root).startswith("s3://") and not shared.agent_map_given:
         agent_map = None  # an AGENT_MODEL_MAP in the environment names a local map; an object store has its own
-    return ModelStore(root, agent_map)
+    return trusting(ctx, ModelStore(root, agent_map))
+
+
+def trusting(ctx: click.Context, store: Any) -> Any:
+    """``store`` under the trust policy of --trusted-key, when given (else $JNREG_TRUSTED_KEYS applies)."""
+    keys = settings(ctx).trusted_keys
+    if keys:
+        store.trust_keys(keys)
+    return store

@@ -115,6 +115,11 @@ def _choice(*values: str) -> click.Choice:
     help="ModelStore root for --publish (same as the global option).",
 )
 @click.option(
+    "--sign-key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="With --publish: PEM EC private key to sign the version with [env JNREG_SIGNING_KEY].",
+)
+@click.option(
     "--processes",
     type=click.IntRange(min=1),
     help="Data-parallel processes, one per GPU, started through accelerate [1].",
@@ -129,11 +134,12 @@ def train(
     as_json: bool,
     train_store_root: Path | str | None,
     require: tuple[str, ...],
+    sign_key: Path | None,
     **flags: Any,
 ) -> None:
     """Fine-tune AGENT's LoRA adapter with QLoRA (4-bit NF4 base + LoRA)."""
     with launch.reporting_failures():
-        _train(ctx, agent_arg, agent_opt, config_file, as_json, train_store_root, require, flags)
+        _train(ctx, agent_arg, agent_opt, config_file, as_json, train_store_root, require, flags, sign_key)
 
 
 def _train(
@@ -145,6 +151,7 @@ def _train(
     train_store_root: Path | str | None,
     require: tuple[str, ...],
     flags: dict[str, Any],
+    sign_key: Path | None = None,
 ) -> None:
     from jnreg.core.host.plugins import get_host
     from jnreg.core.training.config import build_config, read_config_file
@@ -161,13 +168,15 @@ def _train(
     config = launch.in_this_world(build_config(agent.spec, file_values, flags))
     if require and not config.publish:
         raise ConfigError("--require gates publishing: add --publish")
+    if sign_key and not config.publish:
+        raise ConfigError("--sign-key signs what is published: add --publish")
     requirements = _requirements(config, require)  # a malformed one fails before training
     echo = launch.main_only(progress_echo(as_json))
     if not launch.is_managed():  # the launching process printed it already
         _print_config(config, echo)
 
     if config.processes > 1 and not config.dry_run and not launch.is_distributed():
-        actions = _actions(config, as_json, require)
+        actions = _actions(config, as_json, require) + (["--sign-key", str(sign_key)] if sign_key else [])
         launch.run(config, actions=actions, root_options=_root_options(ctx), echo=echo)
         return
     if config.dry_run and not launch.is_main():
@@ -179,11 +188,11 @@ def _train(
     else:
         from jnreg.core.training import engine
 
-        store = _store_for(ctx, config) if config.publish and launch.is_main() else None
+        store = _store_for(ctx, config, sign_key) if config.publish and launch.is_main() else None
         summary = engine.train(config, agent, echo=echo)
         launch.finish()
         if store is not None:
-            summary = _publish(store, config, echo, requirements) | {"training": summary}
+            summary = _publish(store, config, echo, requirements, sign_key) | {"training": summary}
     if as_json and launch.is_main():
         echo_json(summary)
 
@@ -231,8 +240,11 @@ def _print_config(config: Any, echo: Any) -> None:
     echo(f"global batch: {launch.describe_global_batch(config)}")
 
 
-def _store_for(ctx: click.Context, config: Any) -> Any:
+def _store_for(ctx: click.Context, config: Any, sign_key: Path | None = None) -> Any:
     """The store to publish into, checked before training so a run that cannot be published fails now."""
+    from jnreg.registry.signing import load_signer
+
+    load_signer(sign_key)  # a signing key that cannot be used fails before hours of training, not after
     store = open_store(ctx, config.store_root)
     store.check_can_publish(config.agent, adapter_name=config.adapter_name, version=config.adapter_version)
     return store
@@ -246,7 +258,9 @@ def _requirements(config: Any, require: tuple[str, ...]) -> list[Any]:
     return requirements_for(config.agent, require)
 
 
-def _publish(store: Any, config: Any, echo: Any, requirements: list[Any]) -> dict[str, Any]:
+def _publish(
+    store: Any, config: Any, echo: Any, requirements: list[Any], sign_key: Path | None = None
+) -> dict[str, Any]:
     from jnreg.cli.gate import gated_publish
 
     result = gated_publish(
@@ -257,6 +271,7 @@ def _publish(store: Any, config: Any, echo: Any, requirements: list[Any]) -> dic
         echo,
         adapter_name=config.adapter_name,
         version=config.adapter_version,
+        sign_key=sign_key,
     )
     echo(f"published {config.agent} {result.version} ({result.digest[:12]}) to {result.path}")
     echo(f"page: {store.report_location(config.agent, result.version)}")
@@ -266,5 +281,6 @@ def _publish(store: Any, config: Any, echo: Any, requirements: list[Any]) -> dic
             "version": result.version,
             "path": str(result.path),
             "digest": result.digest,
+            "signer": result.signer,
         }
     }

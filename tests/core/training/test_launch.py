@@ -28,6 +28,16 @@ def _launch_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "JNREG_DISABLE_PLUGIN_AUTOLOAD"}
 
 
+def _signing_key(path: Path) -> Path:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    encoding, form = serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL
+    path.write_bytes(key.private_bytes(encoding, form, serialization.NoEncryption()))
+    return path
+
+
 def _error_lines(done: subprocess.CompletedProcess) -> list[str]:
     return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error:")]
 
@@ -51,7 +61,11 @@ def test_two_processes_train_and_report_what_one_does_with_evaluation_on(builtin
     config_file = tmp_path / "two.json"
     config_file.write_text(json.dumps(two.to_document()))
     store = tmp_path / "store"
-    done = run_jnreg("--store-root", str(store), "train", "--config", str(config_file), "--publish", "--json")
+    key = _signing_key(tmp_path / "signing.pem")
+    done = run_jnreg(
+        "--store-root", str(store), "train", "--config", str(config_file), "--publish", "--json",
+        "--sign-key", str(key),
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)  # one document: only the main process printed
     together = result["training"]
@@ -94,6 +108,7 @@ def test_two_processes_train_and_report_what_one_does_with_evaluation_on(builtin
 
     # Published once, by the main process, from the output directory it alone wrote.
     assert [v["version"] for v in _store(store).versions("fact_checker")] == [result["published"]["version"]]
+    assert _store(store).signer("fact_checker", result["published"]["version"]) == result["published"]["signer"]
     assert not list((tmp_path / "two").glob(".jnreg-write-test*"))
 
 
