@@ -1,6 +1,9 @@
-"""The exceptions jnreg raises; the CLI turns each into a one-line message."""
+"""The exceptions jnreg raises, and the one-line messages the CLI shows for them and for any other failure."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 
 class JnregError(Exception):
@@ -55,7 +58,37 @@ class GateError(JnregError):
     """A version falls short of the requirements for going into service, or they cannot be checked."""
 
 
+class SignatureError(IntegrityError):
+    """Under a trust policy: a version is unsigned, signed by a key not trusted, or does not match its signature."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of ``exc``'s message, for a one-line report; its type's name when the message is empty."""
     lines = str(exc).strip().splitlines()
     return lines[0].strip() if lines else type(exc).__name__
+
+
+def crash_log(exc: BaseException) -> Path | None:
+    """Write ``exc``'s traceback to a new file in the temporary directory; None if it cannot be written."""
+    import tempfile
+    import time
+    import traceback
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        with tempfile.NamedTemporaryFile(
+            "w", prefix=f"jnreg-crash-{stamp}-{os.getpid()}-", suffix=".log", delete=False, encoding="utf-8"
+        ) as log:
+            log.write(text)
+    except OSError:
+        return None
+    return Path(log.name)
+
+
+def internal_error(exc: BaseException) -> str:
+    """One line for a failure that is not the user's: what was raised, and where its traceback went."""
+    what = f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
+    log = crash_log(exc)
+    where = f"the traceback is in {log}" if log else "its traceback could not be written"
+    return f"internal error: {what} ({where}; please report it)"

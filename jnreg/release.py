@@ -266,6 +266,7 @@ def publish(
     adapter_name: str | None = None,
     version: str | None = None,
     base_model: str | None = None,
+    sign_key: Path | str | None = None,
     echo: Echo = _quiet,
     progress: bool = False,
     on_change: Callable[[str], None] = _unchanged,
@@ -281,7 +282,7 @@ def publish(
     if given and not promote:
         raise ConfigError("requirements gate putting the version in service; they have no use without promoting it")
     requirements = requirements_for(agent, given) if promote else []
-    options = {"adapter_name": adapter_name, "version": version, "base_model": base_model}
+    options = {"adapter_name": adapter_name, "version": version, "base_model": base_model, "sign_key": sign_key}
     if not requirements:
         result = store.publish(agent, directory, promote=promote, **options)
         on_change(result.version)

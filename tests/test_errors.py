@@ -51,3 +51,17 @@ def test_a_loader_failing_with_no_message_is_named() -> None:
 
     with pytest.raises(ModelError, match=r"cannot load the tokenizer of 'jnreg:tiny-mistral': ValueError$"):
         _load("tokenizer", TINY_MODEL_ID, loader)
+
+
+def test_an_internal_error_is_one_line_naming_the_file_with_its_traceback(tmp_path, monkeypatch) -> None:
+    from jnreg.errors import internal_error
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)  # read TMPDIR again
+    try:
+        raise Quiet()
+    except Quiet as exc:
+        line = internal_error(exc)
+    [log] = tmp_path.glob("jnreg-crash-*.log")
+    assert line == f"internal error: Quiet (the traceback is in {log}; please report it)"
+    assert "raise Quiet()" in log.read_text()

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from jnreg.errors import JnregError, first_line
+from jnreg.errors import JnregError, first_line, internal_error
 
 
 @dataclass
@@ -22,6 +22,7 @@ class Settings:
     store_root: Path | str | None
     agent_map: Path | None
     agent_map_given: bool = False
+    trusted_keys: tuple[str, ...] = ()  # --trusted-key, in place of $JNREG_TRUSTED_KEYS
 
 
 class StoreRoot(click.ParamType):
@@ -79,6 +80,9 @@ class MultiValueCommand(click.Command):
 class JnregGroup(click.Group):
     """A group that shows a jnreg error as one line and exits non-zero, never as a traceback.
 
+    Any other exception is a failure inside jnreg or a library: one line too, naming the file
+    that holds its traceback.
+
     ``commands_at`` names commands by ``module:attribute``; each is imported the first time it is needed.
     """
 
@@ -106,6 +110,11 @@ class JnregGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("jnreg: interrupted", err=True)
             sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            # Not the user's doing: one line, with the traceback in a file to report.
+            raise click.ClickException(internal_error(exc)) from None
 
 
 def progress_echo(as_json: bool) -> Callable[[str], None]:
@@ -132,4 +141,12 @@ def open_store(ctx: click.Context, root: Path | str | None = None) -> Any:
     agent_map = shared.agent_map
     if str(root).startswith("s3://") and not shared.agent_map_given:
         agent_map = None  # an AGENT_MODEL_MAP in the environment names a local map; an object store has its own
-    return ModelStore(root, agent_map)
+    return trusting(ctx, ModelStore(root, agent_map))
+
+
+def trusting(ctx: click.Context, store: Any) -> Any:
+    """``store`` under the trust policy of --trusted-key, when given (else $JNREG_TRUSTED_KEYS applies)."""
+    keys = settings(ctx).trusted_keys
+    if keys:
+        store.trust_keys(keys)
+    return store

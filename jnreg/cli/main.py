@@ -36,11 +36,26 @@ COMMANDS = {
     type=click.Path(path_type=Path, dir_okay=False),
     help="AGENT_MODEL_MAP.json to keep up to date [env AGENT_MODEL_MAP; default <store-root>/AGENT_MODEL_MAP.json].",
 )
+@click.option(
+    "--trusted-key",
+    "trusted_keys",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A public key (PEM) whose signatures this host trusts; several allowed. With any, only versions signed "
+    "by one of them are resolved, loaded or pulled [env JNREG_TRUSTED_KEYS, files separated by ':'].",
+)
 @click.pass_context
-def cli(ctx: click.Context, store_root: Path | str | None, agent_map: Path | None) -> None:
+def cli(
+    ctx: click.Context, store_root: Path | str | None, agent_map: Path | None, trusted_keys: tuple[Path, ...]
+) -> None:
     """Train, store and find the JustNews agents' LoRA adapters."""
     given = ctx.get_parameter_source("agent_map") == click.core.ParameterSource.COMMANDLINE
-    ctx.obj = Settings(store_root=store_root, agent_map=agent_map, agent_map_given=given)
+    ctx.obj = Settings(
+        store_root=store_root,
+        agent_map=agent_map,
+        agent_map_given=given,
+        trusted_keys=tuple(str(k) for k in trusted_keys),
+    )
 
 
 def main() -> None:

@@ -8,9 +8,28 @@ from typing import Any
 
 import click
 
-from jnreg.cli.base import StoreRoot, echo_json, open_store, progress_echo, settings
+from jnreg.cli.base import StoreRoot, echo_json, open_store, progress_echo, settings, trusting
 from jnreg.cli.report import refresh_page, store_report
 from jnreg.errors import ConfigError, IntegrityError, StoreError, StoreNotFound
+
+
+def _sign_key_option(function: Any) -> Any:
+    return click.option(
+        "--sign-key",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="PEM EC private key to sign the version with [env JNREG_SIGNING_KEY].",
+    )(function)
+
+
+def _signature_text(model_store: Any, agent: str, version: str) -> str:
+    """How ``store show`` describes a version's signature (under a trust policy, show refuses any other)."""
+    from jnreg.registry.signing import short
+
+    signer = model_store.signer(agent, version)
+    if signer is None:
+        return "unsigned"
+    trusted = "trusted" if model_store.trust is not None else "no trust policy on this host"
+    return f"signed by key {short(signer)} ({trusted})"
 
 
 def _version_row(manifest: dict[str, Any], current: str | None) -> dict[str, Any]:
@@ -78,6 +97,7 @@ store.add_command(store_report)
 @click.option("--no-promote", is_flag=True, help="Store the version without putting it in service.")
 @click.option("--base-model", help="The base model it was trained on, for an adapter that does not name one.")
 @_require_option
+@_sign_key_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def publish(
@@ -89,6 +109,7 @@ def publish(
     no_promote: bool,
     base_model: str | None,
     require: tuple[str, ...],
+    sign_key: Path | None,
     as_json: bool,
 ) -> None:
     """Store the adapter in DIRECTORY as a new version of AGENT and (unless --no-promote) put it in service."""
@@ -113,6 +134,7 @@ def publish(
         version=version,
         promote=not no_promote,
         base_model=base_model,
+        sign_key=sign_key,
     )
     if as_json:
         echo_json(
@@ -122,12 +144,30 @@ def publish(
                 "path": str(result.path),
                 "digest": result.digest,
                 "promoted": result.promoted,
+                "signer": result.signer,
             }
         )
         return
     state = "in service" if result.promoted else "not promoted"
-    click.echo(f"published {agent} {result.version} ({result.digest[:12]}, {state}) at {result.path}")
+    signed = f", signed by key sha256:{result.signer[:16]}" if result.signer else ""
+    click.echo(f"published {agent} {result.version} ({result.digest[:12]}, {state}{signed}) at {result.path}")
     click.echo(f"page: {model_store.report_location(agent, result.version)}")
+
+
+@store.command("sign")
+@click.argument("agent")
+@click.argument("version")
+@_sign_key_option
+@click.option("--replace", is_flag=True, help="Sign anew a version that is already signed (for a new key).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def sign(ctx: click.Context, agent: str, version: str, sign_key: Path | None, replace: bool, as_json: bool) -> None:
+    """Sign AGENT's published VERSION (its files and digest stay as they are; model.sig is added beside them)."""
+    fingerprint = open_store(ctx).sign(agent, version, sign_key, replace=replace)
+    if as_json:
+        echo_json({"agent": agent, "version": version, "signer": fingerprint})
+    else:
+        click.echo(f"signed {agent} {version} with key sha256:{fingerprint[:16]}")
 
 
 @store.command("list")
@@ -169,6 +209,7 @@ def list_(ctx: click.Context, agent: str | None, as_json: bool) -> None:
     rows = [_version_row(m, current) for m in model_store.versions(agent)]
     for row in rows:
         row["evaluation"] = _latest_evaluation(model_store, agent, row["version"])
+        row["signer"] = model_store.signer(agent, row["version"])
     if as_json:
         echo_json({"agent": agent, "current": current, "problem": problem, "versions": rows})
         return
@@ -176,8 +217,9 @@ def list_(ctx: click.Context, agent: str | None, as_json: bool) -> None:
         click.echo(f"problem: {problem}", err=True)
     for row in rows:
         mark = "*" if row["current"] else " "
+        signed = f"  signed by sha256:{row['signer'][:16]}" if row["signer"] else "  unsigned"
         click.echo(
-            f"{mark} {row['version']}  {row['adapter_name']}  {row['created_at']}  {row['digest'][:12]}"
+            f"{mark} {row['version']}  {row['adapter_name']}  {row['created_at']}  {row['digest'][:12]}{signed}"
             + (f"  {_metrics_line(row['evaluation'])}" if row["evaluation"] else "")
         )
 
@@ -193,8 +235,17 @@ def show(ctx: click.Context, agent: str, version: str | None, as_json: bool) -> 
     resolution = model_store.resolve(agent, version)
     manifest = resolution.manifest
     evaluations = model_store.evaluations(resolution.agent, resolution.version)
+    signer = model_store.signer(resolution.agent, resolution.version)
     if as_json:
-        echo_json({"path": str(resolution.adapter_path), "manifest": manifest, "evaluations": evaluations})
+        echo_json(
+            {
+                "path": str(resolution.adapter_path),
+                "manifest": manifest,
+                "evaluations": evaluations,
+                "signer": signer,
+                "signature": _signature_text(model_store, resolution.agent, resolution.version),
+            }
+        )
         return
     click.echo(f"{manifest['agent']} {manifest['version']}  ({manifest['adapter_name']})")
     click.echo(f"  path:        {resolution.adapter_path}")
@@ -203,6 +254,7 @@ def show(ctx: click.Context, agent: str, version: str | None, as_json: bool) -> 
     click.echo(f"  digest:      {manifest['digest']}")
     click.echo(f"  created:     {manifest['created_at']} by {manifest['created_by']}")
     click.echo(f"  summary:     {'yes' if manifest['training_summary'] else 'no'}")
+    click.echo(f"  signature:   {_signature_text(model_store, resolution.agent, resolution.version)}")
     for item in manifest["files"]:
         click.echo(f"    {item['sha256'][:12]}  {item['size']:>12}  {item['path']}")
     click.echo(f"  evaluations: {len(evaluations) or 'none'}")
@@ -435,7 +487,7 @@ def pull(
     if not str(source).startswith("s3://"):
         raise StoreError(f"SOURCE must be an object store (s3://bucket/prefix), not {source}")
     result = pull_versions(
-        ModelStore(source), ModelStore(local_root, settings(ctx).agent_map), list(agents), every=every
+        trusting(ctx, ModelStore(source)), ModelStore(local_root, settings(ctx).agent_map), list(agents), every=every
     )
     if as_json:
         echo_json({"source": source, "root": str(local_root), **asdict(result)})

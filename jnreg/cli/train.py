@@ -30,6 +30,11 @@ from jnreg.errors import ConfigError, GateError
     metavar="METRIC>=X",
     help="With --publish: put the version in service only if its evaluation meets this [the agent's default].",
 )
+@click.option(
+    "--sign-key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="With --publish: PEM EC private key to sign the version with [env JNREG_SIGNING_KEY].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON at the end.")
 @click.pass_context
 def train(
@@ -39,6 +44,7 @@ def train(
     config_file: Path | None,
     as_json: bool,
     require: tuple[str, ...],
+    sign_key: Path | None,
     **flags: Any,
 ) -> None:
     """Fine-tune AGENT's LoRA adapter with QLoRA (4-bit NF4 base + LoRA).
@@ -47,7 +53,7 @@ def train(
     model brings its own where none is given.
     """
     with launch.reporting_failures():
-        _train(ctx, agent_arg, agent_opt, config_file, as_json, require, config_values(flags))
+        _train(ctx, agent_arg, agent_opt, config_file, as_json, require, config_values(flags), sign_key)
 
 
 def _train(
@@ -58,6 +64,7 @@ def _train(
     as_json: bool,
     require: tuple[str, ...],
     flags: dict[str, Any],
+    sign_key: Path | None = None,
 ) -> None:
     from jnreg.core.host.plugins import get_host
     from jnreg.core.training.config import build_config, read_config_file
@@ -74,16 +81,18 @@ def _train(
         raise ConfigError("--require gates publishing: add --publish")
     if config.adapter_version and not config.publish:
         raise ConfigError("--adapter-version labels the published version: add --publish")
+    if sign_key and not config.publish:
+        raise ConfigError("--sign-key signs what is published: add --publish")
     requirements = _requirements(config, require)  # a malformed one fails before training
     echo = launch.main_only(progress_echo(as_json))
     if launch.is_managed():  # the launching process printed it, and owns the output directory
-        _run(ctx, agent, config, as_json, require, requirements, echo)
+        _run(ctx, agent, config, as_json, require, requirements, echo, sign_key)
         return
     if config_file is not None:
         _print_file_settings(config_file, file_values, build_config(agent.spec, {}, flags), config, echo)
     _print_config(config, echo)
     with _removed_if_left_empty(Path(config.output_dir)):
-        _run(ctx, agent, config, as_json, require, requirements, echo)
+        _run(ctx, agent, config, as_json, require, requirements, echo, sign_key)
 
 
 def _run(
@@ -94,9 +103,10 @@ def _run(
     require: tuple[str, ...],
     requirements: list[Any],
     echo: Any,
+    sign_key: Path | None = None,
 ) -> None:
     if config.processes > 1 and not config.dry_run and not launch.is_distributed():
-        actions = _actions(config, as_json, require)
+        actions = _actions(config, as_json, require) + (["--sign-key", str(sign_key)] if sign_key else [])
         launch.run(config, actions=actions, root_options=_root_options(ctx), echo=echo)
         return
     if config.dry_run and not launch.is_main():
@@ -108,11 +118,11 @@ def _run(
     else:
         from jnreg.core.training import engine
 
-        store = _store_for(ctx, config) if config.publish and launch.is_main() else None
+        store = _store_for(ctx, config, sign_key) if config.publish and launch.is_main() else None
         summary = engine.train(config, agent, echo=echo)
         launch.finish()
         if store is not None:
-            summary = _publish(store, config, echo, requirements) | {"training": summary}
+            summary = _publish(store, config, echo, requirements, sign_key) | {"training": summary}
     if as_json and launch.is_main():
         echo_json(summary)
 
@@ -208,8 +218,11 @@ def _print_config(config: Any, echo: Any) -> None:
     echo(f"global batch: {launch.describe_global_batch(config)}")
 
 
-def _store_for(ctx: click.Context, config: Any) -> Any:
+def _store_for(ctx: click.Context, config: Any, sign_key: Path | None = None) -> Any:
     """The store to publish into, checked before training so a run that cannot be published fails now."""
+    from jnreg.registry.signing import load_signer
+
+    load_signer(sign_key)  # a signing key that cannot be used fails before hours of training, not after
     store = open_store(ctx, config.store_root)
     store.check_can_publish(config.agent, adapter_name=config.adapter_name, version=config.adapter_version)
     return store
@@ -223,7 +236,9 @@ def _requirements(config: Any, require: tuple[str, ...]) -> list[Any]:
     return requirements_for(config.agent, require)
 
 
-def _publish(store: Any, config: Any, echo: Any, requirements: list[Any]) -> dict[str, Any]:
+def _publish(
+    store: Any, config: Any, echo: Any, requirements: list[Any], sign_key: Path | None = None
+) -> dict[str, Any]:
     import sys
 
     from jnreg import release
@@ -239,6 +254,7 @@ def _publish(store: Any, config: Any, echo: Any, requirements: list[Any]) -> dic
         on_change=lambda changed: refresh_page(store, config.agent, changed, echo),
         adapter_name=config.adapter_name,
         version=config.adapter_version,
+        sign_key=sign_key,
     )
     echo(f"published {config.agent} {result.version} ({result.digest[:12]}) to {result.path}")
     echo(f"page: {store.report_location(config.agent, result.version)}")
@@ -248,5 +264,6 @@ def _publish(store: Any, config: Any, echo: Any, requirements: list[Any]) -> dic
             "version": result.version,
             "path": str(result.path),
             "digest": result.digest,
+            "signer": result.signer,
         }
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,20 @@ def resolve(
     *,
     store_root: Path | str | None = None,
     agent_map: Path | str | None = None,
+    trusted_keys: Sequence[Path | str] | None = None,
 ) -> Resolution:
-    """Where ``agent``'s adapter (``version``, default the one in service) is, and which base model it needs."""
-    return ModelStore(store_root, agent_map).resolve(agent, version)
+    """Where ``agent``'s adapter (``version``, default the one in service) is, and which base model it needs.
+
+    ``trusted_keys`` (public key files, else $JNREG_TRUSTED_KEYS) makes it refuse any version not signed by one.
+    """
+    return _store(store_root, agent_map, trusted_keys).resolve(agent, version)
+
+
+def _store(root: Path | str | None, agent_map: Path | str | None, trusted_keys: Sequence[Path | str] | None) -> Any:
+    store = ModelStore(root, agent_map)
+    if trusted_keys:
+        store.trust_keys(list(trusted_keys))
+    return store
 
 
 def _check_base_model(store: ModelStore, resolution: Resolution) -> None:
@@ -49,12 +61,14 @@ def load(
     agent_map: Path | str | None = None,
     device_map: Any = None,
     store: ModelStore | None = None,
+    trusted_keys: Sequence[Path | str] | None = None,
 ) -> tuple[Any, Any]:
-    """(PeftModel, tokenizer) for ``agent``, after checking every file's checksum and the base model.
+    """(PeftModel, tokenizer) for ``agent``, after checking every file's checksum, its signature under a
+    trust policy (``trusted_keys`` or $JNREG_TRUSTED_KEYS), and the base model.
 
     ``store``, when given, is the store to load from, in place of ``store_root`` and ``agent_map``.
     """
-    store = store or ModelStore(store_root, agent_map)
+    store = store or _store(store_root, agent_map, trusted_keys)
     resolution = store.resolve(agent, version)
     problems = store.check_copy(resolution)
     if problems:

@@ -16,6 +16,7 @@ from jnreg.fsutil import dump_json
 from jnreg.registry import journal
 from jnreg.registry.adapter_dir import MODEL_CARD, SUMMARY, AdapterSource
 from jnreg.registry.no_secrets import refuse_secrets
+from jnreg.registry.signing import SIGNATURE
 from jnreg.schemas import validate
 
 MANIFEST = "manifest.json"
@@ -55,7 +56,7 @@ def file_problems(
         elif (actual := sha256_of(name)) != info["sha256"]:
             expected = info["sha256"]
             problems.append(f"{where}: {name} is corrupt (sha256 {actual[:12]}…, manifest says {expected[:12]}…)")
-    for name in sorted(set(present) - set(listed) - {MANIFEST}):
+    for name in sorted(set(present) - set(listed) - {MANIFEST, SIGNATURE}):
         problems.append(f"{where}: {name} is not in the manifest")
     if compute_digest(manifest["files"]) != manifest["digest"]:
         problems.append(f"{where}: manifest digest does not match its file list")

@@ -45,16 +45,22 @@ def pull(source: ModelStore, target: ModelStore, agents: list[str] | None = None
     result = PullResult()
     served: dict[str, dict[str, Any]] = {}
     target.read_map()  # a local map jnreg cannot read stops the pull before anything is fetched
+    wanted = []
     for agent in names:
         current = source.current(agent)
         labels = source.version_labels(agent) if every else [current] if current else []
         for label in labels:
             manifest = source.manifest(agent, label)
-            where = f"{agent} {label}"
-            (result.fetched if _place(remote, local, agent, label, manifest) else result.kept).append(where)
-            if label == current:
-                served[agent] = manifest
+            # Under a trust policy every version is checked before anything is fetched: one refused
+            # version stops the pull with the mirror as it was.
+            source.require_trusted(agent, label, manifest)
+            wanted.append((agent, label, manifest, label == current))
         result.current[agent] = current
+    for agent, label, manifest, served_now in wanted:
+        where = f"{agent} {label}"
+        (result.fetched if _place(remote, local, agent, label, manifest) else result.kept).append(where)
+        if served_now:
+            served[agent] = manifest
     for agent, manifest in served.items():
         with local.writing(agent):
             if _local_current(target, agent) != manifest["version"]:

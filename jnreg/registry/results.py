@@ -16,6 +16,7 @@ class PublishResult:
     digest: str
     manifest: dict[str, Any]
     promoted: bool
+    signer: str | None = None  # fingerprint of the key that signed it
 
 
 @dataclass(frozen=True)

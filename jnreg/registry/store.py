@@ -32,6 +32,8 @@ from jnreg.registry.manifests import (
 )
 from jnreg.registry.records import VersionRecords
 from jnreg.registry.results import GcResult, PublishResult, Recovery, Resolution, VerifyReport
+from jnreg.registry.signatures import SignedVersions, signed
+from jnreg.registry.signing import load_signer
 from jnreg.registry.storage import open_storage
 from jnreg.registry.storage.base import REPAIR, VERSIONS, Change, Draft, ServiceState, Storage
 from jnreg.registry.storage.local import LocalStorage
@@ -51,7 +53,7 @@ __all__ = [
 DEFAULT_ROOT = Path("model_store")
 
 
-class ModelStore(VersionRecords):
+class ModelStore(VersionRecords, SignedVersions):
     """Published adapters per agent, the `current` pointer of each, the journal and the agent map.
 
     ``root`` is a local directory, or ``s3://bucket/prefix`` for object storage (default: $MODEL_STORE_ROOT,
@@ -174,6 +176,7 @@ class ModelStore(VersionRecords):
                     )
                 raise StoreNotFound(f"agent {agent!r} has no version in service; promote one first")
         manifest = self.manifest(agent, check_version(version))
+        self.require_trusted(agent, version, manifest)
         document = self.read_map()
         entry = agent_map.entry_for(document, agent, manifest["adapter_name"])
         base_ref = entry.get("base_ref") if entry else None
@@ -241,7 +244,8 @@ class ModelStore(VersionRecords):
                 report.notes.extend([note] if note else [])
                 continue
             try:
-                report.problems.extend(self.check_files(agent, label))
+                problems = self.check_files(agent, label)
+                report.problems.extend(problems or self.signature_problems(agent, label))
             except (StoreNotFound, FileNotFoundError):
                 if version is None:
                     continue  # removed by a gc while we looked
@@ -387,12 +391,14 @@ class ModelStore(VersionRecords):
         version: str | None = None,
         promote: bool = True,
         base_model: str | None = None,
+        sign_key: Path | str | None = None,
     ) -> PublishResult:
         """Store the loadable files of the adapter in ``source_dir`` as a new immutable version of ``agent``.
 
         ``base_model`` names the base the adapter was trained on, for adapters that do not say; an adapter
-        that names another base is refused.
+        that names another base is refused. With ``sign_key`` (else $JNREG_SIGNING_KEY) the version is signed.
         """
+        signer = load_signer(sign_key)
         source, name, base = self._publishable(agent, source_dir, adapter_name, version, base_model)
         draft = Draft(
             agent=agent,
@@ -401,10 +407,13 @@ class ModelStore(VersionRecords):
             promote=promote,
             free_label=lambda used: self._free_label(agent, used),
             refuse_used_label=lambda label: self._refuse_used_label(agent, label),
-            seal=lambda label, copied: seal(agent, label, source, copied, adapter_name=name, base_model=base),
+            seal=lambda label, copied: signed(
+                seal(agent, label, source, copied, adapter_name=name, base_model=base), signer
+            ),
         )
         label, path, manifest = self.storage.publish(draft)
-        return PublishResult(version=label, path=path, digest=manifest["digest"], manifest=manifest, promoted=promote)
+        fingerprint = signer.fingerprint if signer else None
+        return PublishResult(label, path, manifest["digest"], manifest, promoted=promote, signer=fingerprint)
 
     def _put_in_service(
         self, action: str, agent: str, version: str, state: ServiceState, checked: dict[str, list[str]]

@@ -27,6 +27,8 @@ SCHEMA_NAMES = (
     "evaluation",
     "eval_row",
     "data_cache",
+    "signature_bundle",
+    "signature_statement",
     "training_log",
 )
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from jnreg import __version__
 from jnreg.cli import cli
 from jnreg.testing import BUILTIN_PLUGINS
-from tests.helpers import heavy_imports_after, run_jnreg
+from tests.helpers import TINY, heavy_imports_after, run_jnreg
 
 
 @pytest.fixture
@@ -93,3 +93,24 @@ def test_guide_script_is_a_shim_over_train(tmp_path):
     done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True)
     assert done.returncode == 0
     assert "--model_name_or_path" in done.stdout and "--gradient-accumulation" in done.stdout
+
+
+def test_an_internal_failure_is_one_line_naming_the_file_with_its_traceback(tmp_path):
+    """A real failure inside training (the Trainer cannot make its checkpoint directory), not a user error."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "checkpoint-1").write_text("a file where the first checkpoint goes")
+    logs = tmp_path / "tmp"
+    logs.mkdir()
+    done = run_jnreg(
+        "train", "fact_checker", "--model_name_or_path", TINY, "--output-dir", str(out), "--max-train-samples", "4",
+        "--eval-fraction", "0", "--max-steps", "1", "--save-steps", "1", env={"TMPDIR": str(logs)},
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "Traceback" not in done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].startswith("Error: internal error: FileExistsError:"), done.stderr[-2000:]
+    [log] = logs.glob("jnreg-crash-*.log")
+    assert str(log) in errors[0]
+    text = log.read_text()
+    assert text.startswith("Traceback") and "FileExistsError" in text and "_save_checkpoint" in text

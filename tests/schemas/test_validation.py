@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from typing import Any
@@ -46,7 +47,11 @@ def documents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Any]]:
 
     tmp_path = tmp_path_factory.mktemp("documents")
     store = ModelStore(tmp_path / "store")
-    published = store.publish("critic", make_adapter(tmp_path / "s", seed=1, summary=summary_for("critic")))
+    key = tmp_path / "signing.pem"
+    key.write_bytes(signing_key_pem())
+    source = make_adapter(tmp_path / "s", seed=1, summary=summary_for("critic"))
+    published = store.publish("critic", source, sign_key=key)
+    bundle = json.loads((published.path / "model.sig").read_bytes())
     record, row = evaluation_of(published.digest)
     evaluation = store.record_evaluation("critic", published.version, record, [row])
     return {
@@ -69,8 +74,19 @@ def documents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Any]]:
         ],
         "evaluation": [evaluation],
         "eval_row": [row],
+        "signature_bundle": [bundle],
+        "signature_statement": [json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))],
         "training_log": [training_log("critic", 6, eval_every=3)],
     }  # fmt: skip
+
+
+def signing_key_pem() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    encoding, form = serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL
+    return key.private_bytes(encoding, form, serialization.NoEncryption())
 
 
 def variants(document: Any) -> list[Any]:

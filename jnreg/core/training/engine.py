@@ -18,7 +18,7 @@ from jnreg.core.models.loading import (
     load_tokenizer,
     quiet_library_warnings,
 )
-from jnreg.core.training import launch, preflight
+from jnreg.core.training import checkpoints, launch, preflight
 from jnreg.core.training.config import TrainConfig
 from jnreg.core.training.outputs import (
     SUMMARY_FILE,
@@ -43,12 +43,6 @@ def _device_metrics(device: str) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
-def _last_checkpoint(output_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-
-
 @dataclass
 class Setup:
     """A trainer ready to run, with the data and device it was built for."""
@@ -58,6 +52,7 @@ class Setup:
     tokenizer: Any
     device: str
     resume_from: str | None
+    resumed_step: int = 0
 
 
 def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: Sequence[Any] = ()) -> Setup:
@@ -69,22 +64,27 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
     output_dir = make_output_dir(config) if launch.is_main() else Path(config.output_dir)
     report = preflight.check_environment(config.quantization)
     report.raise_if_failed()
-    resume_from = None
+    resume_from, resumed_step = None, 0
     if config.resume:
-        resume_from = _last_checkpoint(output_dir)
-        if resume_from is None:
-            raise ConfigError(f"--resume: no checkpoint in {output_dir} to resume from")
-        echo(f"resuming from {resume_from}")
+        checkpoint, skipped = checkpoints.newest_complete(output_dir)
+        for line in skipped:
+            echo(line)
+        if checkpoint is None:
+            kind = "complete checkpoint" if skipped else "checkpoint"
+            raise ConfigError(f"--resume: no {kind} in {output_dir} to resume from")
+        resume_from, resumed_step = str(checkpoint.path), checkpoint.step
+        echo(f"resuming from {resume_from} (step {resumed_step})")
 
     import datasets
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import EarlyStoppingCallback, set_seed
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     from jnreg.core.training.packed_trainer import PackedSFTTrainer
     from jnreg.core.training.packing import PackedCollator, can_pack, install_row_attention
     from jnreg.core.training.progress import TrainingDisplay
+    from jnreg.core.training.trainer import RunTrainer
 
     datasets.disable_progress_bars()  # the data report says what these map steps would
     quiet_library_warnings()
@@ -137,6 +137,7 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
         raise ConfigError(f"cannot apply LoRA: {first_line(exc)}") from None
 
     has_eval = prepared.eval is not None
+    early_stopping = has_eval and config.early_stopping_patience is not None
     use_cuda = report.device == "cuda"
     args = SFTConfig(
         output_dir=str(output_dir),
@@ -156,8 +157,10 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
         save_total_limit=config.save_total_limit,
         eval_strategy=("steps" if config.eval_steps else "epoch") if has_eval else "no",
         eval_steps=config.eval_steps,
-        load_best_model_at_end=has_eval and config.early_stopping_patience is not None,
-        metric_for_best_model="eval_loss",
+        load_best_model_at_end=early_stopping,
+        # Only early stopping needs a best model: tracking one makes save_total_limit=1 delete the newest
+        # checkpoint at the end of training, the one a resumed run needs.
+        metric_for_best_model="eval_loss" if early_stopping else None,
         greater_is_better=False,
         seed=config.seed,
         data_seed=config.seed,
@@ -178,13 +181,13 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
     train_dataset = prepared.train.dataset  # Arrow, memory-mapped from the data cache
     eval_dataset = prepared.eval.dataset if prepared.eval else None
     extra = list(callbacks)
-    if has_eval and config.early_stopping_patience is not None:
+    if early_stopping:
         extra.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     if config.trackers:
         from jnreg.core.training.trackers import TrackerConfig
 
         extra.append(TrackerConfig(config.to_document(), config.trackers))
-    trainer = (PackedSFTTrainer if pack else SFTTrainer)(
+    trainer = (PackedSFTTrainer if pack else RunTrainer)(
         model=model,
         args=args,
         data_collator=PackedCollator() if pack else None,
@@ -204,7 +207,7 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
             # Otherwise the evaluation before training opens a writer in ./runs, not in the output dir.
             callback.logging_dir = str(output_dir / "runs")
     TrainingDisplay.install(trainer, echo)
-    return Setup(trainer, prepared, tokenizer, report.device, resume_from)
+    return Setup(trainer, prepared, tokenizer, report.device, resume_from, resumed_step)
 
 
 def _final_eval_loss(trainer: Any) -> float:
@@ -231,8 +234,41 @@ def _save_eval_rows(output_dir: Path, prepared: PreparedData) -> None:
         path.unlink(missing_ok=True)  # a rerun without eval rows must not publish an older run's
 
 
+def planned_steps(trainer: Any) -> int:
+    """The optimizer steps the run is set to end at: ``max_steps``, else what its epochs come to."""
+    if trainer.args.max_steps > 0:
+        return int(trainer.args.max_steps)
+    return int(trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1])
+
+
+def _finished_summary(output_dir: Path, step: int) -> dict[str, Any] | None:
+    """The summary a run that ended at ``step`` wrote beside its adapter, if it got that far."""
+    import json
+
+    try:
+        summary = json.loads((output_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    finished = isinstance(summary, dict) and summary.get("metrics", {}).get("steps") == step
+    return summary if finished and (output_dir / "adapter_model.safetensors").is_file() else None
+
+
+def _load_checkpoint(trainer: Any, checkpoint: str) -> None:
+    """The checkpoint's adapter weights and Trainer state, for a run that has no step left to train."""
+    from transformers import TrainerState
+
+    trainer._load_from_checkpoint(checkpoint)
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / checkpoints.STATE_FILE))
+
+
 def train(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-    """Train the adapter and write it, the tokenizer, the summary and the effective config."""
+    """Train the adapter and write it, the tokenizer, the summary and the effective config.
+
+    ``resume`` continues from the newest complete checkpoint to the run's last step. A run that
+    already reached it is left as it is: its summary is returned and nothing is trained or
+    written (a larger ``max_steps`` trains on to it). The train loss is over every step of the
+    run, the resumed ones included; tokens and tokens/s count what this invocation processed.
+    """
     import torch
 
     from jnreg.core.training.steplog import StepLog
@@ -245,27 +281,42 @@ def train(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
     output_dir = Path(config.output_dir)
     has_eval = prepared.eval is not None
     use_cuda = ready.device == "cuda"
+    finished = resume_from is not None and ready.resumed_step >= planned_steps(trainer)
+    if finished:
+        done = _finished_summary(output_dir, ready.resumed_step)
+        if done is not None:
+            echo(
+                f"nothing to train: the run already finished at step {ready.resumed_step}, and its adapter is in "
+                f"{output_dir} (raise --max-steps to train further)"
+            )
+            return done
+        echo(f"the run reached its last step, {ready.resumed_step}, in {resume_from}; writing its adapter")
     eval_before = trainer.evaluate()["eval_loss"] if has_eval and resume_from is None else None
     if eval_before is not None:
         echo(f"eval loss before training: {eval_before:.4f}")
     if use_cuda:
         torch.cuda.reset_peak_memory_stats()
     clock = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    if finished:
+        _load_checkpoint(trainer, resume_from)
+        trainer._initial_num_input_tokens_seen = trainer.state.num_input_tokens_seen
+    else:
+        trainer.train(resume_from_checkpoint=resume_from)
     runtime = time.perf_counter() - clock
     # Tokens this run processed (a resumed run counts from its checkpoint), padding excluded;
     # the Trainer sums them over the processes, so this and tokens/s are the whole run's.
     tokens_this_run = trainer.state.num_input_tokens_seen - trainer._initial_num_input_tokens_seen
     eval_after = _final_eval_loss(trainer) if has_eval else None
     peak_memory = launch.max_over_processes(_device_metrics(ready.device))  # the largest replica's
+    train_loss = trainer.run_train_loss()
     metrics = {
-        "train_loss": float(result.training_loss),
+        "train_loss": train_loss,
         "eval_loss": eval_after,
         "eval_loss_before": eval_before,
         "runtime_s": round(runtime, 3),
         "tokens_per_second": round(tokens_this_run / runtime, 2) if runtime > 0 else None,
         "peak_memory_bytes": peak_memory,
-        "steps": int(result.global_step),
+        "steps": int(trainer.state.global_step),
         "input_tokens": int(tokens_this_run),
     }
     dataset = {**prepared.stats(), "files": data_files(config, agent)}
@@ -281,7 +332,8 @@ def train(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
         write_json(output_dir / TRAINING_LOG_FILE, steps.document(config.agent, config.logging_steps))
         save_config(config, output_dir)
     echo(
-        f"trained {metrics['steps']} steps in {runtime:.1f}s; train loss {metrics['train_loss']:.4f}"
+        f"trained {metrics['steps']} steps in {runtime:.1f}s"
+        + (f"; train loss {train_loss:.4f}" if train_loss is not None else "")
         + (f", eval loss {eval_before:.4f} -> {eval_after:.4f}" if eval_before is not None and eval_after else "")
     )
     echo(f"adapter written to {output_dir}")

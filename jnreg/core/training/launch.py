@@ -4,8 +4,9 @@
 copies of ``jnreg train --config FILE`` through ``accelerate launch --multi_gpu`` (torchrun's
 elastic agent underneath: NCCL between GPUs, gloo on a host without CUDA). Each copy holds one
 4-bit replica; the transformers Trainer shards every batch across them. A copy that fails
-writes its one-line error to the launch directory before it exits, the elastic agent stops the
-others, and this process turns what was written into one error.
+writes its one-line error (and, for a failure that is not the user's, its traceback to a file
+the line names) to the launch directory before it exits, the elastic agent stops the others,
+and this process turns what was written into one error.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from jnreg.errors import ConfigError, JnregError, LaunchError, first_line
+from jnreg.errors import ConfigError, JnregError, LaunchError, first_line, internal_error
 
 # Set for the processes `jnreg train --processes N` starts: where they leave their errors.
 LAUNCH_DIR_ENV = "JNREG_LAUNCH_DIR"
@@ -130,8 +131,8 @@ def finish() -> None:
 def reporting_failures() -> Iterator[None]:
     """In a process ``jnreg train --processes`` started, leave any error for it to report once.
 
-    A user error is written and the process exits 1 without printing (the launching process
-    prints it once); anything else is written and re-raised, so its traceback stays visible.
+    The error is written and the process exits 1 without printing: the launching process prints
+    it once. A failure that is not the user's also writes its traceback to a file the message names.
     """
     directory = os.environ.get(LAUNCH_DIR_ENV)
     if not directory or not is_distributed():
@@ -143,9 +144,8 @@ def reporting_failures() -> Iterator[None]:
         _write_error(Path(directory), "error", first_line(exc))
         raise SystemExit(1) from None
     except Exception as exc:
-        name, first = type(exc).__name__, first_line(exc)
-        _write_error(Path(directory), "crash", name if first == name else f"{name}: {first}")
-        raise
+        _write_error(Path(directory), "crash", internal_error(exc).removeprefix("internal error: "))
+        raise SystemExit(1) from None
 
 
 def _write_error(directory: Path, kind: str, message: str) -> None:

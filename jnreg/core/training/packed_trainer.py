@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from trl import SFTTrainer
+from jnreg.core.training.packing import packed_forward
+from jnreg.core.training.trainer import RunTrainer
 
 
-class PackedSFTTrainer(SFTTrainer):
+class PackedSFTTrainer(RunTrainer):
     """SFTTrainer whose batches come from ``PackedCollator`` and whose loss skips ignored positions."""
 
     def compute_loss(
@@ -24,16 +25,8 @@ class PackedSFTTrainer(SFTTrainer):
         import torch.nn.functional as F
 
         mode = "train" if self.model.training else "eval"
-        inputs = {k: v for k, v in inputs.items() if k != "rows"}
-        labels = inputs.pop("labels")
-        targets = labels[:, 1:]
-        trained = targets != -100
-        # Position t predicts token t + 1: keep the hidden states whose next token is trained.
-        keep = torch.zeros_like(labels, dtype=torch.bool)
-        keep[:, :-1] = trained
-        outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
-        logits = outputs.logits.reshape(-1, outputs.logits.shape[-1]).float()
-        wanted = targets[trained]
+        labels = inputs["labels"]
+        outputs, logits, wanted = _trained_logits(model, inputs)
         count = wanted.numel() if num_items_in_batch is None else num_items_in_batch
         loss = F.cross_entropy(logits, wanted, reduction="sum") / torch.as_tensor(count).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -55,3 +48,27 @@ class PackedSFTTrainer(SFTTrainer):
             self._total_train_tokens += int(gather(tokens).sum().item())
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         return (loss, outputs) if return_outputs else loss
+
+    def loss_sum(self, model: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
+        import torch
+        import torch.nn.functional as F
+
+        _, logits, wanted = _trained_logits(model, inputs)
+        return F.cross_entropy(logits, wanted, reduction="sum"), torch.as_tensor(wanted.numel(), device=logits.device)
+
+
+def _trained_logits(model: Any, inputs: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """The model's outputs, its logits at the positions whose next token is trained, and those tokens."""
+    import torch
+
+    inputs = {k: v for k, v in inputs.items() if k != "rows"}
+    labels = inputs.pop("labels")
+    targets = labels[:, 1:]
+    trained = targets != -100
+    # Position t predicts token t + 1: keep the hidden states whose next token is trained.
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = trained
+    with packed_forward():
+        outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
+    logits = outputs.logits.reshape(-1, outputs.logits.shape[-1]).float()
+    return outputs, logits, targets[trained]

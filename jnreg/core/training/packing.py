@@ -9,15 +9,40 @@ Resetting ``position_ids`` alone does not keep rows apart under transformers' sd
 flex attention on the CPU; a dense block-diagonal mask does, but costs ``(sum L_i)^2``. The
 row boundaries travel as ``cu_seq_lens_q``/``cu_seq_lens_k``, the names FlashAttention's varlen
 kernels read, and ``row_attention`` splits on them.
+
+A model with a sliding window would still get a dense ``(sum L_i)^2`` window mask once the
+packed sequence outgrows the window. Rows are packed only when the window is at least the
+longest row (``can_pack``), so the window never cuts inside a row, and attention within each
+row is plain causal attention: a packed forward (``packed_forward``) builds no mask at all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 ATTENTION = "jnreg_rows"
 IGNORE = -100
+_PACKED = contextvars.ContextVar("jnreg_packed_forward", default=False)
+
+
+@contextlib.contextmanager
+def packed_forward() -> Iterator[None]:
+    """Run a model's forward on a packed batch: its attention masks are left to ``row_attention``."""
+    token = _PACKED.set(True)
+    try:
+        yield
+    finally:
+        _PACKED.reset(token)
+
+
+def row_mask(*args: Any, **kwargs: Any) -> Any:
+    """No mask for a packed batch (each row attends causally within itself); sdpa's mask otherwise."""
+    from transformers.masking_utils import sdpa_mask
+
+    return None if _PACKED.get() else sdpa_mask(*args, **kwargs)
 
 
 def row_attention(
@@ -62,15 +87,15 @@ def row_attention(
 def install_row_attention(model: Any) -> None:
     """Make ``model`` attend within packed rows; padded batches (generation, a plain forward) stay sdpa."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(ATTENTION, row_attention)
-    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+    AttentionMaskInterface.register(ATTENTION, row_mask)
     model.set_attn_implementation(ATTENTION)
 
 
 def can_pack(model_config: Any, max_length: int) -> bool:
-    """Rows are attended whole, so a sliding window shorter than a row would be ignored: pack only without one."""
+    """Rows are attended whole, so pack only when no row can be longer than the model's sliding window."""
     window = getattr(model_config, "sliding_window", None)
     return window is None or window >= max_length
 

@@ -219,6 +219,15 @@ class Storage(ABC):
         """Whether ``agent`` has, or ever had, a version ``label``; asked one label at a time."""
 
     @abstractmethod
+    def read_signature(self, agent: str, label: str) -> bytes | None:
+        """The version's ``model.sig`` as stored; None when it is unsigned."""
+
+    @abstractmethod
+    def write_signature(self, agent: str, label: str, data: bytes, *, replace: bool) -> None:
+        """Put ``model.sig`` beside a published version's files (StoreConflict when one is there and not
+        ``replace``), leaving its files and manifest as they are."""
+
+    @abstractmethod
     def leftovers(self, agent: str) -> list[str]:
         """What killed writers left behind that the next write or ``recover`` removes (with sizes), for verify."""
 

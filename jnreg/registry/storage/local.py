@@ -60,6 +60,7 @@ from jnreg.registry.storage.base import (
     Storage,
     crash_point,
 )
+from jnreg.registry.storage.signature_files import LocalSignatureFiles
 from jnreg.schemas import validate
 
 DEFAULT_LOCK_TIMEOUT = 30.0
@@ -91,7 +92,7 @@ def _read_or_none(path: Path) -> bytes | None:
     return path.read_bytes() if path.is_file() and not path.is_symlink() else None
 
 
-class LocalStorage(Storage):
+class LocalStorage(LocalSignatureFiles, Storage):
     """A store in a local directory."""
 
     def __init__(self, root: Path | str, agent_map: Path | str | None, *, lock_timeout: float | None) -> None:

@@ -46,6 +46,7 @@ from jnreg.names import check_agent, check_version
 from jnreg.registry import agent_map, journal
 from jnreg.registry.agent_map import MAP_FILE
 from jnreg.registry.no_secrets import refuse_secrets
+from jnreg.registry.signing import SIGNATURE
 from jnreg.registry.storage.base import CURRENT, EVALUATIONS, MANIFEST, REPORTS, VERSIONS
 from jnreg.registry.storage.bucket import Bucket
 from jnreg.schemas import validate
@@ -171,6 +172,9 @@ def fetch(bucket: Bucket, agent: str, version: str, manifest: dict[str, Any], ta
                     f"(sha256 {sha[:12]}…, manifest says {item['sha256'][:12]}…)"
                 )
         (staging / MANIFEST).write_text(dump_json(manifest), encoding="utf-8")
+        signature = bucket.get(version_key(agent, version, SIGNATURE))
+        if signature is not None:
+            (staging / SIGNATURE).write_bytes(signature[0])  # so the copy verifies as the stored version does
         for entry in os.scandir(staging):
             os.chmod(entry.path, 0o444)
         fsync_dir(staging)

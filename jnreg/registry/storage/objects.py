@@ -57,6 +57,7 @@ from jnreg.registry.storage.object_layout import (
     service_key,
     version_key,
 )
+from jnreg.registry.storage.signature_files import ObjectSignatureFiles
 from jnreg.schemas import validate
 
 # Given the state it will change and the number of the record it follows, the entry to record (None: nothing).
@@ -68,7 +69,7 @@ def _entry_of(decide: Decide) -> Entry:
     return lambda state, seq: change.entry if (change := decide(state)) is not None else None
 
 
-class ObjectStorage(Storage):
+class ObjectStorage(ObjectSignatureFiles, Storage):
     """A store under ``s3://bucket/prefix``."""
 
     copies_versions = True

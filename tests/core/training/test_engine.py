@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from jnreg.cli import cli
-from jnreg.core.training import engine
+from jnreg.core.training import checkpoints, engine
 from jnreg.core.training.config import build_config, read_config_file
 from jnreg.core.training.dryrun import dry_run
 from jnreg.errors import ConfigError
@@ -136,17 +136,76 @@ def test_resume_ends_with_the_same_adapter_as_an_uninterrupted_run(builtin_agent
 
     agent = builtin_agents.get("fact_checker")
     steps = {"max_steps": 6, "save_steps": 2, "save_total_limit": 3, "eval_fraction": 0.0, "max_train_samples": 12}
-    engine.train(config_for(agent, tmp_path / "whole", **steps), agent, echo=quiet)
+    uninterrupted = engine.train(config_for(agent, tmp_path / "whole", **steps), agent, echo=quiet)
     interrupted = config_for(agent, tmp_path / "split", **steps)
     engine.train(interrupted, agent, echo=quiet, callbacks=[StopAt()])
     assert (tmp_path / "split" / "checkpoint-4").is_dir()
     resumed = engine.train(config_for(agent, tmp_path / "split", resume=True, **steps), agent, echo=quiet)
     assert resumed["metrics"]["steps"] == 6
+    # The whole run's train loss, not the last two steps' (5.2 against 5.8 before it was kept with the checkpoint).
+    assert resumed["metrics"]["train_loss"] == pytest.approx(uninterrupted["metrics"]["train_loss"], abs=1e-4)
     whole = load_file(tmp_path / "whole" / "adapter_model.safetensors")
     split = load_file(tmp_path / "split" / "adapter_model.safetensors")
     assert whole.keys() == split.keys()
     for key in whole:
         torch.testing.assert_close(split[key], whole[key], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_skips_incomplete_checkpoints_and_a_finished_run_is_left_as_it_is(builtin_agents, tmp_path):
+    from safetensors.torch import load_file
+
+    agent = builtin_agents.get("fact_checker")
+    out = tmp_path / "run"
+    steps = {"max_steps": 2, "save_steps": 1, "save_total_limit": 3, "eval_fraction": 0.0, "max_train_samples": 8}
+    finished = engine.train(config_for(agent, out, **steps), agent, echo=quiet)
+    (out / "checkpoint-3").mkdir()  # what a run killed while the Trainer wrote it leaves
+    (out / "checkpoint-3" / "README.md").write_text("model card")
+    (out / "checkpoint-99").mkdir()  # a stray directory
+    adapter = (out / "adapter_model.safetensors").read_bytes()
+
+    lines: list[str] = []
+    again = engine.train(config_for(agent, out, resume=True, **steps), agent, echo=lines.append)
+    assert lines[:3] == [
+        "skipping checkpoint-99: incomplete (no adapter weights, optimizer.pt, scheduler.pt, trainer_state.json),"
+        " as a run stopped while writing it leaves it",
+        "skipping checkpoint-3: incomplete (no adapter weights, optimizer.pt, scheduler.pt, trainer_state.json),"
+        " as a run stopped while writing it leaves it",
+        f"resuming from {out / 'checkpoint-2'} (step 2)",
+    ]
+    assert any(line.startswith("nothing to train: the run already finished at step 2") for line in lines), lines
+    assert not any(line.startswith("step ") for line in lines), lines
+    assert again == finished and (out / "adapter_model.safetensors").read_bytes() == adapter
+
+    # Killed after its last checkpoint but before the adapter was written: the checkpoint's adapter is.
+    (out / "training_summary.json").unlink()
+    (out / "adapter_model.safetensors").unlink()
+    lines.clear()
+    written = engine.train(config_for(agent, out, resume=True, **steps), agent, echo=lines.append)
+    assert written["metrics"]["steps"] == 2 and not any(line.startswith("step ") for line in lines), lines
+    assert written["metrics"]["train_loss"] == pytest.approx(finished["metrics"]["train_loss"], abs=1e-6)
+    saved = load_file(out / "adapter_model.safetensors")
+    checkpoint = load_file(out / "checkpoint-2" / "adapter_model.safetensors")
+    assert saved.keys() == checkpoint.keys() and all(saved[k].equal(checkpoint[k]) for k in saved)
+
+    # A larger --max-steps trains on to it.
+    lines.clear()
+    longer = engine.train(config_for(agent, out, resume=True, **{**steps, "max_steps": 3}), agent, echo=lines.append)
+    assert longer["metrics"]["steps"] == 3 and any(line.startswith("trained 3 steps") for line in lines), lines
+    assert checkpoints.incomplete(checkpoints.Checkpoint(out / "checkpoint-3", 3)) is None
+    assert not (out / "checkpoint-3" / "README.md").read_text().startswith("model card")
+
+
+def test_save_total_limit_one_keeps_the_newest_checkpoint(builtin_agents, tmp_path):
+    """9 training rows, 4 a step: an evaluation ends the first epoch at step 3, none comes at step 4.
+
+    The best-model bookkeeping used to keep checkpoint-3 (the best, as the only one evaluated) and
+    delete checkpoint-4, so a later --resume went back to step 3.
+    """
+    agent = builtin_agents.get("fact_checker")
+    out = tmp_path / "run"
+    config = config_for(agent, out, max_steps=4, save_steps=1, save_total_limit=1, max_train_samples=12)
+    engine.train(config, agent, echo=quiet)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(builtin_agents, tmp_path):

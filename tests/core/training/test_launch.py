@@ -28,46 +28,75 @@ def _launch_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "JNREG_DISABLE_PLUGIN_AUTOLOAD"}
 
 
+def _signing_key(path: Path) -> Path:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    encoding, form = serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL
+    path.write_bytes(key.private_bytes(encoding, form, serialization.NoEncryption()))
+    return path
+
+
 def _error_lines(done: subprocess.CompletedProcess) -> list[str]:
     return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error:")]
 
 
-def test_two_processes_train_what_one_trains_with_the_same_global_batch(builtin_agents, tmp_path):
+def test_two_processes_train_and_report_what_one_does_with_evaluation_on(builtin_agents, tmp_path):
+    """The same global batch over 1 and 2 processes, evaluating 3 rows that do not split evenly over 2."""
     from safetensors.torch import load_file
 
     agent = builtin_agents.get("fact_checker")
-    one = config_for(agent, tmp_path / "one", train_batch_size=4, gradient_accumulation=1, **SMALL)
-    alone = engine.train(one, agent, echo=quiet)
+    rows = (Path(__file__).parents[3] / "jnreg" / "plugins" / "data" / "fact_checker.jsonl").read_text().splitlines()
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("\n".join(rows[-3:]) + "\n")
+    lines: list[str] = []
+    one = config_for(
+        agent, tmp_path / "one", train_batch_size=4, gradient_accumulation=1, eval_files=(str(held_out),), **SMALL
+    )
+    alone = engine.train(one, agent, echo=lines.append)
 
     two = replace(one, processes=2, train_batch_size=2, output_dir=str(tmp_path / "two"))
     assert two.global_batch_size == one.global_batch_size == 4
     config_file = tmp_path / "two.json"
     config_file.write_text(json.dumps(two.to_document()))
     store = tmp_path / "store"
-    done = run_jnreg("--store-root", str(store), "train", "--config", str(config_file), "--publish", "--json")
+    key = _signing_key(tmp_path / "signing.pem")
+    done = run_jnreg(
+        "--store-root", str(store), "train", "--config", str(config_file), "--publish", "--json",
+        "--sign-key", str(key),
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)  # one document: only the main process printed
     together = result["training"]
     assert schema_errors("training_summary", together) == []
     assert (together["processes"], together["global_batch_size"]) == (2, 4)
-    assert done.stderr.count("trained 2 steps") == 1 and done.stderr.count("step 2/2") == 1
+    assert done.stderr.count("trained 2 steps") == 1 and done.stderr.count("step 2/2") == 2  # a loss, an eval
 
     # Split, not repeated: as many optimizer steps, and every row's tokens counted once per epoch
     # over both processes. Each process going through all rows would double both.
-    rows = alone["dataset"]
+    dataset = alone["dataset"]
     assert together["metrics"]["steps"] == alone["metrics"]["steps"] == 2
-    epoch_tokens = rows["prompt_tokens"] + rows["response_tokens"]
+    epoch_tokens = dataset["prompt_tokens"] + dataset["response_tokens"]
     assert together["metrics"]["input_tokens"] == alone["metrics"]["input_tokens"] == epoch_tokens
     # The per-step log counts the same tokens, over both processes: its last running total is the summary's.
     log = json.loads((tmp_path / "two" / "training_log.json").read_text())
     trained = [entry for entry in log["steps"] if "loss" in entry]
     assert trained[-1]["step"] == 2 and trained[-1]["input_tokens"] == together["metrics"]["input_tokens"]
 
+    # The same figures: the eval losses count each held-out row once (not the row the uneven split
+    # repeats), and the train loss is the run's, not what one process had left since its last log.
+    # Measured before the fix: train loss 8.2625 against 8.2564, eval loss 8.5792 against 8.5328.
+    for name in ("train_loss", "eval_loss_before", "eval_loss"):
+        assert together["metrics"][name] == pytest.approx(alone["metrics"][name], abs=1e-3), name
+    assert _losses(done.stderr.splitlines()) == pytest.approx(_losses(lines), abs=1e-3)
+
     # The same adapter. Compared as updates (trained minus the seeded initial weights), since LoRA A
     # starts random and B at zero. Measured: the updates differ by at most 3.3e-4 of their size
     # (float summation order: batches of 2 padded apart, gradients averaged over gloo, and Adam's
     # first steps, which amplify rounding in near-zero gradients), while training each half-batch
-    # twice instead of splitting it makes them differ by 1.0 of their size. 1e-2 sits between.
+    # twice instead of splitting it makes them differ by 1.0 of their size, and an evaluation that
+    # kept the model out of DDP (each process training its own replica) by 0.84. 1e-2 sits between.
     initial = _initial_lora(agent, one, tmp_path / "init")
     single = load_file(tmp_path / "one" / "adapter_model.safetensors")
     double = load_file(tmp_path / "two" / "adapter_model.safetensors")
@@ -79,7 +108,16 @@ def test_two_processes_train_what_one_trains_with_the_same_global_batch(builtin_
 
     # Published once, by the main process, from the output directory it alone wrote.
     assert [v["version"] for v in _store(store).versions("fact_checker")] == [result["published"]["version"]]
+    assert _store(store).signer("fact_checker", result["published"]["version"]) == result["published"]["signer"]
     assert not list((tmp_path / "two").glob(".jnreg-write-test*"))
+
+
+def _losses(lines: list[str]) -> list[float]:
+    """Every loss the progress lines and the closing line print, in order."""
+    import re
+
+    text = "\n".join(line for line in lines if line.startswith(("step ", "eval loss", "trained ")))
+    return [float(x) for x in re.findall(r"(?:loss|eval_loss|->) (\d+\.\d+)", text)]
 
 
 def _initial_lora(agent, config, output_dir: Path) -> dict:
@@ -181,3 +219,20 @@ def test_the_launch_reports_a_user_error_before_a_crash(tmp_path):
     (tmp_path / "rank0.error").unlink()
     message = launch._failure_message(tmp_path, RuntimeError("x"), 2)
     assert message == "training process 1 of 2 failed: RuntimeError: gloo connection closed"
+
+
+def test_a_process_that_crashes_leaves_one_line_and_its_traceback_for_the_launch(tmp_path, monkeypatch):
+    logs = tmp_path / "tmp"
+    logs.mkdir()
+    monkeypatch.setenv("TMPDIR", str(logs))
+    monkeypatch.setattr("tempfile.tempdir", None)  # read TMPDIR again
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", launch.LAUNCH_DIR_ENV: str(tmp_path)}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as stopped, launch.reporting_failures():
+        {}["missing"]  # noqa: B018 - a failure inside jnreg, not a user error
+    assert stopped.value.code == 1
+    [log] = logs.glob("jnreg-crash-*.log")
+    assert "Traceback" in log.read_text() and "KeyError" in log.read_text()
+    message = launch._failure_message(tmp_path, RuntimeError("x"), 2)
+    assert message.startswith("training process 1 of 2 failed: KeyError: 'missing' (the traceback is in ")
+    assert str(log) in message and "\n" not in message
