@@ -22,7 +22,8 @@ ALLOWED = {
     "plugins": {"ground", "plugin", "plugins"},
     "testing": {"ground", "core"},
     "release": {"ground", "core", "registry", "release"},
-    "cli": {"ground", "core", "registry", "release", "plugin", "cli"},
+    "serve": {"ground", "core", "registry", "serve"},
+    "cli": {"ground", "core", "registry", "release", "serve", "plugin", "cli"},
     "main": {"cli"},
 }
 # The one reach across: ``load()`` builds a model with core's loaders, inside the function.

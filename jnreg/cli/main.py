@@ -12,6 +12,7 @@ from jnreg.cli.base import JnregGroup, Settings, StoreRoot
 from jnreg.cli.evaluate import eval_
 from jnreg.cli.export import export
 from jnreg.cli.generate import generate
+from jnreg.cli.serve import serve
 from jnreg.cli.store import store
 from jnreg.cli.train import train
 
@@ -43,6 +44,7 @@ cli.add_command(train)
 cli.add_command(generate)
 cli.add_command(eval_)
 cli.add_command(export)
+cli.add_command(serve)
 
 
 def main() -> None:
