@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -134,6 +135,14 @@ def stop_server(server: Server) -> None:
     except subprocess.TimeoutExpired:
         server.process.kill()
         server.process.wait(timeout=30)
+
+
+@pytest.fixture
+def s3_root(s3_env: str) -> str:
+    """A fresh bucket of the test S3 server; the store lives under a prefix in it."""
+    bucket = f"jnreg-serve-{uuid.uuid4().hex[:12]}"
+    urllib.request.urlopen(urllib.request.Request(f"{s3_env}/{bucket}", method="PUT"), timeout=10).read()
+    return f"s3://{bucket}/store"
 
 
 @pytest.fixture(scope="session")

@@ -42,7 +42,7 @@ def _cache() -> Path:
 
 
 def _has_vllm(python: str) -> bool:
-    code = "import importlib.util as u, sys; sys.exit(0 if u.find_spec('vllm') and not u.find_spec('torchvision') else 1)"
+    code = "import importlib.util as u, sys; sys.exit(not u.find_spec('vllm') or bool(u.find_spec('torchvision')))"
     return subprocess.run([python, "-c", code], capture_output=True).returncode == 0
 
 
