@@ -125,7 +125,7 @@ def served_copy(store: Any, agent: str, version: str) -> ServedVersion:
                 except FileNotFoundError:
                     raise IntegrityError(f"{agent} {version}: {item['path']} is missing from {source}") from None
                 if found != (item["size"], item["sha256"]):
-                    raise IntegrityError(f"{agent} {version}: {item['path']} in {source} does not match its manifest")
+                    raise IntegrityError(f"{agent} {version}: {item['path']} in {source} is corrupt")
             (staging / MANIFEST).write_text(dump_json(manifest), encoding="utf-8")
             problems = verify_copy(staging, manifest)
             if problems:

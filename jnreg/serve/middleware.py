@@ -22,7 +22,8 @@ REWRITTEN_PATHS = ("/v1/completions", "/v1/chat/completions")
 # A request body larger than this is no completion request jnreg would rewrite; it goes through unread.
 MAX_BODY = 16 * 1024 * 1024
 
-log = logging.getLogger("jnreg.serve")
+# Under vLLM's logger, so the lines go where and how vLLM writes its own.
+log = logging.getLogger("vllm.jnreg")
 
 
 class FreshReads:

@@ -23,7 +23,8 @@ from jnreg.serve.environment import BASE_ENV, store_root
 
 RESOLVER_NAME = "jnreg"
 
-log = logging.getLogger("jnreg.serve")
+# Under vLLM's logger, so the lines go where and how vLLM writes its own.
+log = logging.getLogger("vllm.jnreg")
 
 
 class VersionRequest(LoRARequest, array_like=True, omit_defaults=True):  # type: ignore[call-arg]

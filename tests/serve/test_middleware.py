@@ -23,7 +23,8 @@ async def _echo(scope, receive, send) -> None:
             break
     length = dict(scope["headers"]).get(b"content-length", b"").decode()
     await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": json.dumps({"body": body.decode("latin-1"), "length": length}).encode()})
+    echoed = {"body": body.decode("latin-1"), "length": length}
+    await send({"type": "http.response.body", "body": json.dumps(echoed).encode()})
 
 
 def _call(app, path: str, body: bytes, method: str = "POST", chunks: int = 1) -> dict:
