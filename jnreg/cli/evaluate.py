@@ -35,8 +35,12 @@ def evaluate_version(
     seed: int = 0,
     quantization: str = "nf4",
     progress: bool = True,
+    engine: str = "transformers",
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Load ``version`` through ``jnreg.registry.load``, evaluate it, record the result; (record, rows)."""
+    """Evaluate ``version`` (loaded through ``jnreg.registry.load``, or served by vLLM) and record it; (record, rows).
+
+    vLLM serves the unquantized base, so an evaluation through it records quantization "none".
+    """
     from jnreg.core.data.rows import expand_files
     from jnreg.core.evaluation.evaluate import evaluate, read_eval_rows, rows_digest
     from jnreg.core.models.loading import quiet_library_warnings
@@ -58,11 +62,14 @@ def evaluate_version(
     if limit is not None:
         examples = examples[:limit]
     quiet_library_warnings()
-    model, tokenizer = load(agent, version, None if quantization == "none" else quantization, store=store)
-    try:
-        result = evaluate(
-            model,
-            tokenizer,
+    if engine == "vllm":
+        from jnreg.serve.evaluation import evaluate_served
+
+        quantization = "none"
+        result = evaluate_served(
+            store,
+            agent,
+            version,
             spec,
             examples,
             max_new_tokens=max_new_tokens,
@@ -70,9 +77,22 @@ def evaluate_version(
             seed=seed,
             progress=progress,
         )
-    finally:
-        del model
-        gc.collect()
+    else:
+        model, tokenizer = load(agent, version, None if quantization == "none" else quantization, store=store)
+        try:
+            result = evaluate(
+                model,
+                tokenizer,
+                spec,
+                examples,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                seed=seed,
+                progress=progress,
+            )
+        finally:
+            del model
+            gc.collect()
     record = {
         "schema_version": 1,
         "digest": manifest["digest"],
@@ -88,6 +108,7 @@ def evaluate_version(
             "seed": seed,
             "limit": limit,
             "quantization": quantization,
+            "engine": engine,
         },
         "metrics": result.metrics,
         "details": result.details,
@@ -133,6 +154,13 @@ def _short(text: str | None, width: int = 120) -> str:
     "--seed", type=int, default=0, show_default=True, help="Seed for sampling when the temperature is above 0."
 )
 @click.option("--quantization", type=click.Choice(["nf4", "8bit", "none"]), default="nf4", show_default=True)
+@click.option(
+    "--engine",
+    type=click.Choice(["transformers", "vllm"]),
+    default="transformers",
+    show_default=True,
+    help="Answer through transformers + peft, or through vLLM as `jnreg serve` does (unquantized base).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def eval_(
@@ -146,6 +174,7 @@ def eval_(
     temperature: float | None,
     seed: int,
     quantization: str,
+    engine: str,
     as_json: bool,
 ) -> None:
     """Evaluate AGENT's stored adapter on eval rows as serving would answer them, and record the result."""
@@ -164,6 +193,7 @@ def eval_(
         "seed": seed,
         "quantization": quantization,
         "progress": not as_json or sys.stderr.isatty(),
+        "engine": engine,
     }
     doc_a, rows_a = evaluate_version(store, agent, first, eval_files=eval_files, **options)
     if second is None:
