@@ -108,7 +108,8 @@ def evaluate_version(
             "seed": seed,
             "limit": limit,
             "quantization": quantization,
-            "engine": engine,
+            # Only the other engine is named, so documents made before there was a choice read the same.
+            **({"engine": engine} if engine != "transformers" else {}),
         },
         "metrics": result.metrics,
         "details": result.details,

@@ -27,7 +27,7 @@ def test_eval_through_vllm_records_the_same_document_and_the_gate_accepts_it(ser
     local = run_jnreg(*common, "--quantization", "none", env=env, timeout=600)
     assert local.returncode == 0, local.stderr[-3000:]
     reference = json.loads(local.stdout)["evaluation"]
-    assert reference["settings"]["engine"] == "transformers"
+    assert "engine" not in reference["settings"]  # transformers, as every evaluation before engines
     served = run_jnreg(*common, "--engine", "vllm", env=env, timeout=600)
     assert served.returncode == 0, served.stderr[-3000:]
     document = json.loads(served.stdout)["evaluation"]
