@@ -36,6 +36,7 @@ def evaluate_version(
     quantization: str = "nf4",
     progress: bool = True,
     engine: str = "transformers",
+    server: str | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Evaluate ``version`` (loaded through ``jnreg.registry.load``, or served by vLLM) and record it; (record, rows).
 
@@ -76,6 +77,7 @@ def evaluate_version(
             temperature=temperature,
             seed=seed,
             progress=progress,
+            server=server,
         )
     else:
         model, tokenizer = load(agent, version, None if quantization == "none" else quantization, store=store)
@@ -162,6 +164,7 @@ def _short(text: str | None, width: int = 120) -> str:
     show_default=True,
     help="Answer through transformers + peft, or through vLLM as `jnreg serve` does (unquantized base).",
 )
+@click.option("--server", metavar="URL", help="With --engine vllm: ask this running `jnreg serve` of the same store.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def eval_(
@@ -176,11 +179,15 @@ def eval_(
     seed: int,
     quantization: str,
     engine: str,
+    server: str | None,
     as_json: bool,
 ) -> None:
     """Evaluate AGENT's stored adapter on eval rows as serving would answer them, and record the result."""
     from jnreg.core.evaluation.evaluate import differing_rows
+    from jnreg.errors import ConfigError
 
+    if server and engine != "vllm":
+        raise ConfigError("--server is where vLLM answers; it needs --engine vllm")
     store = open_store(ctx)
     _spec(agent)  # an unknown agent fails before anything is loaded
     first = store.resolve(agent, version).version
@@ -195,6 +202,7 @@ def eval_(
         "quantization": quantization,
         "progress": not as_json or sys.stderr.isatty(),
         "engine": engine,
+        "server": server,
     }
     doc_a, rows_a = evaluate_version(store, agent, first, eval_files=eval_files, **options)
     if second is None:

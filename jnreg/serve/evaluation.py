@@ -32,12 +32,14 @@ def evaluate_served(
     temperature: float | None = None,
     seed: int = 0,
     progress: bool = True,
+    server: str | None = None,
 ) -> Evaluation:
-    """Answer and score ``examples`` with vLLM's engine on the unquantized base and the version's verified copy.
+    """Answer and score ``examples`` with vLLM on the unquantized base and the version's verified copy.
 
     The eval loss comes from vLLM's log-probabilities of each reference answer after its prompt; the answers
     from vLLM's generation of the prompt as ``generate_answer`` renders it (greedy at temperature 0, else
-    sampled with a seed per row).
+    sampled with a seed per row). ``server`` is the URL of a running ``jnreg serve`` of the same store to
+    ask; without it, vLLM's offline engine runs for this evaluation alone.
     """
     from jnreg.core.models.loading import is_builtin, load_tokenizer, model_path
 
@@ -78,11 +80,12 @@ def evaluate_served(
             "name": names.pinned(agent, version),
             "id": names.adapter_id(served.digest),
             "path": str(served.path),
+            "digest": served.digest,
         },
         "generate": generate,
         "score": score,
     }
-    result = _run(job, progress)
+    result = _ask(server, job) if server else _run(job, progress)
     answers: list[dict[str, Any] | None] = []
     made = iter(result["answers"])
     for example in examples:
@@ -118,3 +121,59 @@ def _run(job: dict[str, Any], progress: bool) -> dict[str, Any]:
             tail = (done.stderr or "").strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
             raise ModelError(f"vLLM could not evaluate with {python}: {tail[0]}")
         return json.loads(result_file.read_text(encoding="utf-8"))
+
+
+def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise ModelError(f"{url}: {exc.code} {exc.read().decode(errors='replace')[:200]}") from None
+    except OSError as exc:
+        raise ModelError(f"cannot reach the server at {url}: {exc}") from None
+
+
+def _ask(server: str, job: dict[str, Any]) -> dict[str, Any]:
+    """The job's answers and scores from a running server, asked many rows at a time as clients would."""
+    import time
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = server.rstrip("/")
+    url = base + "/v1/completions"
+    model = job["lora"]["name"]
+
+    def generate(item: dict[str, Any]) -> dict[str, Any]:
+        body = {
+            "model": model,
+            "prompt": item["ids"],
+            "max_tokens": item["max_tokens"],
+            "temperature": item["temperature"],
+            "seed": item["seed"],
+            "stop_token_ids": [job["eos_token_id"]],
+            "return_token_ids": True,
+        }
+        return {"ids": list(_post(url, body)["choices"][0]["token_ids"])}
+
+    def score(item: dict[str, Any]) -> dict[str, Any]:
+        body = {"model": model, "prompt": item["ids"], "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0}
+        found = _post(url, body)["choices"][0]["prompt_logprobs"]
+        ids, start = item["ids"], max(item["from"], 1)
+        total = -sum(float(found[i][str(ids[i])]["logprob"]) for i in range(start, len(ids)))
+        return {"nll": total, "tokens": len(ids) - start}
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        clock = time.perf_counter()
+        answers = list(pool.map(generate, job["generate"]))
+        generation_s = time.perf_counter() - clock
+        scores = list(pool.map(score, job["score"]))
+    # The server must have answered from this version's verified copy, not from a version of another store.
+    with urllib.request.urlopen(base + "/v1/models", timeout=30) as response:
+        cards = {card["id"]: card for card in json.loads(response.read())["data"]}
+    if Path(cards.get(model, {}).get("root", "")).name != job["lora"]["digest"]:
+        raise ModelError(f"the server at {server} serves {model} from another copy; is it serving this store?")
+    return {"answers": answers, "scores": scores, "generation_s": generation_s}
