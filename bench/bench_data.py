@@ -150,20 +150,32 @@ def _list_pipeline(config, agent, tokenizer) -> tuple[dict, int]:
         spec,
         on_bad_row=config.on_bad_row,
     )
-    train_rows, eval_rows = data.split_eval(checked.examples, config.eval_fraction, config.seed)
+    held = data.held_out(len(checked.examples), config.eval_fraction, config.seed)
     renderer = data.Renderer(tokenizer, spec.template, config.prompt_template)
-    train = data.tokenize(train_rows, renderer, config.max_seq_length, config.overlong)
-    evaluation = data.tokenize(eval_rows, renderer, config.max_seq_length, config.overlong)
-    lengths = train.lengths
+    splits: dict[bool, list[dict[str, list[int]]]] = {False: [], True: []}
+    prompt_tokens = response_tokens = 0
+    first = None
+    for index, example in enumerate(checked.examples):
+        prompt, completion = renderer.render(example)
+        kept = data.fit(prompt, completion, config.max_seq_length, config.overlong)
+        if kept is None:
+            continue
+        splits[index in held].append(
+            {"input_ids": kept + completion, "completion_mask": [0] * len(kept) + [1] * len(completion)}
+        )
+        if index not in held:
+            first = first or example
+            prompt_tokens += len(kept)
+            response_tokens += len(completion)
     stats = {
-        "prompt_tokens": train.prompt_tokens,
-        "response_tokens": train.response_tokens,
-        "length_p95": data.percentile(lengths, 95),
+        "prompt_tokens": prompt_tokens,
+        "response_tokens": response_tokens,
+        "length_p95": data.percentile([len(r["input_ids"]) for r in splits[False]], 95),
         "sha256": checked.sha256,
     }
-    dataset = Dataset.from_list(train.rows)
-    Dataset.from_list(evaluation.rows)
-    renderer.render(train_rows[0])
+    dataset = Dataset.from_list(splits[False])
+    Dataset.from_list(splits[True])
+    renderer.render(first)
     return stats, len(dataset)
 
 

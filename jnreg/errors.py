@@ -53,3 +53,9 @@ class IntegrityError(StoreError):
 
 class GateError(JnregError):
     """A version falls short of the requirements for going into service, or they cannot be checked."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, for a one-line report; its type's name when the message is empty."""
+    lines = str(exc).strip().splitlines()
+    return lines[0].strip() if lines else type(exc).__name__

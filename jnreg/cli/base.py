@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from jnreg.errors import JnregError
+from jnreg.errors import JnregError, first_line
 
 
 @dataclass
@@ -40,13 +40,32 @@ class StoreRoot(click.ParamType):
 
 
 class JnregGroup(click.Group):
-    """A group that shows a jnreg error as one line and exits non-zero, never as a traceback."""
+    """A group that shows a jnreg error as one line and exits non-zero, never as a traceback.
+
+    ``commands_at`` names commands by ``module:attribute``; each is imported the first time it is needed.
+    """
+
+    def __init__(self, *args: Any, commands_at: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands_at = dict(commands_at or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands_at, *super().list_commands(ctx)})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        where = self.commands_at.get(cmd_name)
+        if where is not None and cmd_name not in self.commands:
+            import importlib
+
+            module, _, attribute = where.partition(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except JnregError as exc:
-            raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+            raise click.ClickException(first_line(exc)) from None
         except KeyboardInterrupt:
             click.echo("jnreg: interrupted", err=True)
             sys.exit(130)

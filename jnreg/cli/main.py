@@ -7,17 +7,22 @@ from pathlib import Path
 import click
 
 from jnreg import __version__
-from jnreg.cli.agents import agents
 from jnreg.cli.base import JnregGroup, Settings, StoreRoot
-from jnreg.cli.evaluate import eval_
-from jnreg.cli.export import export
-from jnreg.cli.generate import generate
-from jnreg.cli.serve import serve
-from jnreg.cli.store import store
-from jnreg.cli.train import train
+
+# Each command and where it lives; a command's module is imported only when that command runs
+# (or when --help lists them all), so `jnreg store resolve` never pays for `train`'s options.
+COMMANDS = {
+    "agents": "jnreg.cli.agents:agents",
+    "store": "jnreg.cli.store:store",
+    "train": "jnreg.cli.train:train",
+    "generate": "jnreg.cli.generate:generate",
+    "eval": "jnreg.cli.evaluate:eval_",
+    "export": "jnreg.cli.export:export",
+    "serve": "jnreg.cli.serve:serve",
+}
 
 
-@click.group(cls=JnregGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=JnregGroup, commands_at=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="jnreg")
 @click.option(
     "--store-root",
@@ -36,15 +41,6 @@ def cli(ctx: click.Context, store_root: Path | str | None, agent_map: Path | Non
     """Train, store and find the JustNews agents' LoRA adapters."""
     given = ctx.get_parameter_source("agent_map") == click.core.ParameterSource.COMMANDLINE
     ctx.obj = Settings(store_root=store_root, agent_map=agent_map, agent_map_given=given)
-
-
-cli.add_command(agents)
-cli.add_command(store)
-cli.add_command(train)
-cli.add_command(generate)
-cli.add_command(eval_)
-cli.add_command(export)
-cli.add_command(serve)
 
 
 def main() -> None:

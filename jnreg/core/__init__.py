@@ -14,7 +14,6 @@ the same module objects, so plugins and scripts written against them keep workin
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import importlib.machinery
 import sys
 from types import ModuleType
@@ -48,8 +47,11 @@ MOVED = {
 SUBPACKAGES = ("data", "export", "models")
 
 
-class _Moved(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Imports ``jnreg.core.<old name>`` as the module at its new path (one module object under both names)."""
+class _Moved:
+    """Imports ``jnreg.core.<old name>`` as the module at its new path (one module object under both names).
+
+    A meta path finder and loader by protocol; importlib.abc would cost every command 10 ms of imports.
+    """
 
     def find_spec(
         self, fullname: str, path: object = None, target: object = None

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from jnreg.errors import StoreError
+from jnreg.errors import StoreError, first_line
 
 SCHEME = "s3://"
 PART = 8 * 1024 * 1024
@@ -233,5 +233,4 @@ class Bucket:
 
 
 def _short(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    return first_line(exc)[:300]

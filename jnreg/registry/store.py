@@ -34,6 +34,7 @@ from jnreg.fsutil import (
     dump_json,
     fsync_dir,
     is_stale,
+    make_read_only,
     owned_name,
     parse_owned,
     read_json,
@@ -841,8 +842,6 @@ class ModelStore:
         for name, data in extra.items():
             write_new_file(staging / name, data)
         write_new_file(staging / MANIFEST, text.encode("utf-8"))
-        for name in os.listdir(staging):
-            os.chmod(staging / name, 0o444)
         fsync_dir(staging)
 
         entry = self._begin("publish", manifest, previous=previous, current=label if promote else previous)
@@ -855,7 +854,8 @@ class ModelStore:
         os.rename(staging, target)
         fsync_dir(versions_dir)
         fsync_dir(self.agent_dir(agent))
-        os.chmod(target, 0o555)
+        # Sealed once in place: a read-only directory could not be renamed into versions/ (its ".." changes).
+        make_read_only(target)
         crash_point("renamed")
         if promote:
             crash_point("before-current-swap")

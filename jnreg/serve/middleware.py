@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from jnreg.errors import first_line
 from jnreg.serve import names
 from jnreg.serve.environment import STORE_ENV, store_root
 
@@ -71,7 +72,7 @@ class AgentNames:
         try:
             return self._store.current(agent)
         except Exception as exc:  # an unknown agent or a store in trouble: leave the name for vLLM to refuse
-            log.warning("jnreg: no version in service for %r: %s", agent, str(exc).splitlines()[0] if str(exc) else exc)
+            log.warning("jnreg: no version in service for %r: %s", agent, first_line(exc))
             return None
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:

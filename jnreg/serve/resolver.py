@@ -17,6 +17,7 @@ from typing import Any
 from vllm.lora.request import LoRARequest
 from vllm.lora.resolver import LoRAResolver, LoRAResolverRegistry
 
+from jnreg.errors import first_line
 from jnreg.serve import names
 from jnreg.serve.copies import ServedVersion, served_copy
 from jnreg.serve.environment import BASE_ENV, store_root
@@ -68,7 +69,7 @@ class RegistryResolver(LoRAResolver):
         try:
             served = await asyncio.to_thread(served_copy, self.store, agent, version)
         except Exception as exc:  # unknown, tampered or unreadable: refused, and the server goes on serving
-            log.warning("jnreg: not serving %s: %s", lora_name, _one_line(exc))
+            log.warning("jnreg: not serving %s: %s", lora_name, first_line(exc))
             return None
         expected = self._base_model or os.environ.get(BASE_ENV) or base_model_name
         if served.base_model != expected:
@@ -86,11 +87,6 @@ def request_for(served: ServedVersion) -> LoRARequest:
         lora_int_id=names.adapter_id(served.digest),
         lora_path=str(served.path),
     )
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc)
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def register() -> None:

@@ -246,7 +246,7 @@ class _SplitWriter:
         self.dropped: list[str] = []
 
     def add(self, where: str, prompt: list[int], completion: list[int]) -> bool:
-        """Whether the row was kept; the same decisions, in the same order, as data.tokenize."""
+        """Whether the row was kept (``fit`` decides: as it is, left-truncated, or dropped)."""
         kept = data_mod.fit(prompt, completion, self.max_length, self.overlong)
         if kept is None:
             self.dropped.append(data_mod.too_long(where, prompt, completion, self.max_length))

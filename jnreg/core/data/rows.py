@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from jnreg.core.host.spec import AgentSpec, DataOptions, PromptTemplate, Record
-from jnreg.errors import DataError
+from jnreg.errors import DataError, first_line
+from jnreg.schemas import Checker, checker
 
 TEMPLATE_FIELDS = {"prompt", "response", "system"}
 
@@ -123,8 +124,7 @@ def read_dataset(options: DataOptions) -> Iterator[Record]:
     except DataError:
         raise
     except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"cannot load dataset {name!r}: {first}") from None
+        raise DataError(f"cannot load dataset {name!r}: {first_line(exc)}") from None
     for index, row in enumerate(loaded, start=1):
         yield Record(dict(row), source, index, unit="row ")
 
@@ -193,7 +193,12 @@ def row_line(example: Example) -> str:
     return json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n"
 
 
-def check_row(record: Record, options: DataOptions, response_validator: Any | None) -> Example:
+def response_checker(spec: AgentSpec) -> Checker | None:
+    """The agent's response schema compiled, or None when it has none: what rows and answers are checked against."""
+    return None if spec.response_schema is None else checker(spec.response_schema)
+
+
+def check_row(record: Record, options: DataOptions, response_schema: Checker | None) -> Example:
     """The row as an Example, or ValueError saying what is wrong with it."""
     if record.problem:
         raise ValueError(record.problem)
@@ -217,15 +222,14 @@ def check_row(record: Record, options: DataOptions, response_validator: Any | No
         raise ValueError(f"field {options.prompt_field!r} is empty")
     if not response.strip():
         raise ValueError(f"field {options.response_field!r} is empty")
-    if response_validator is not None:
+    if response_schema is not None:
         try:
             answer = json.loads(response)
         except json.JSONDecodeError as exc:
             raise ValueError(f"response is not JSON: {exc.msg} (column {exc.colno})") from None
-        error = next(iter(sorted(response_validator.iter_errors(answer), key=lambda e: list(e.path))), None)
+        error = response_schema.first_error(answer)
         if error is not None:
-            path = "/".join(str(p) for p in error.absolute_path) or "<root>"
-            raise ValueError(f"response fails the agent's schema at {path}: {error.message}")
+            raise ValueError(f"response fails the agent's schema at {error}")
     return Example(record.where, prompt=prompt, response=response)
 
 
@@ -253,11 +257,7 @@ def iter_checked(
     limit: int | None = None,
 ) -> Iterator[Example]:
     """Checked examples one at a time; a bad row raises (``fail``) or is appended to ``skipped``."""
-    validator = None
-    if spec.response_schema is not None:
-        from jsonschema import Draft202012Validator
-
-        validator = Draft202012Validator(spec.response_schema)
+    validator = response_checker(spec)
     count = 0
     for record in records:
         if limit is not None and count >= limit:
@@ -296,15 +296,6 @@ def held_out(count: int, fraction: float, seed: int) -> set[int]:
     order = list(range(count))
     random.Random(seed).shuffle(order)
     return set(order[: min(count - 1, max(1, math.ceil(count * fraction)))])
-
-
-def split_eval(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
-    """Hold out a seeded random ``fraction`` of the rows for evaluation (at least one, never all)."""
-    held = held_out(len(examples), fraction, seed)
-    if not held:
-        return examples, []
-    train = [e for i, e in enumerate(examples) if i not in held]
-    return train, [e for i, e in enumerate(examples) if i in held]
 
 
 class Renderer:
@@ -412,23 +403,6 @@ class Renderer:
         return out
 
 
-@dataclass
-class Tokenized:
-    rows: list[dict[str, list[int]]]
-    prompt_tokens: int = 0
-    response_tokens: int = 0
-    truncated: list[str] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)
-
-    @property
-    def lengths(self) -> list[int]:
-        return [len(r["input_ids"]) for r in self.rows]
-
-    @property
-    def supervised_tokens(self) -> int:
-        return sum(sum(r["completion_mask"]) for r in self.rows)
-
-
 def fit(prompt: list[int], completion: list[int], max_length: int, overlong: str) -> list[int] | None:
     """The prompt to keep for a row over ``max_length`` tokens (left-truncated), or None to drop the row."""
     if len(prompt) + len(completion) <= max_length:
@@ -446,28 +420,6 @@ def too_long(where: str, prompt: list[int], completion: list[int], max_length: i
 
 def no_rows_fit(max_length: int) -> DataError:
     return DataError(f"every row is longer than max_seq_length={max_length} tokens")
-
-
-def tokenize(examples: list[Example], renderer: Renderer, max_length: int, overlong: str = "truncate") -> Tokenized:
-    """Token ids and completion masks; over-long rows are left-truncated in the prompt or dropped."""
-    out = Tokenized(rows=[])
-    for example in examples:
-        prompt, completion = renderer.render(example)
-        kept = fit(prompt, completion, max_length, overlong)
-        if kept is None:
-            out.dropped.append(too_long(example.where, prompt, completion, max_length))
-            continue
-        if kept is not prompt:
-            out.truncated.append(example.where)
-        prompt = kept
-        out.prompt_tokens += len(prompt)
-        out.response_tokens += len(completion)
-        out.rows.append(
-            {"input_ids": prompt + completion, "completion_mask": [0] * len(prompt) + [1] * len(completion)}
-        )
-    if not out.rows:
-        raise no_rows_fit(max_length)
-    return out
 
 
 def percentile(values: list[int], q: float) -> int:

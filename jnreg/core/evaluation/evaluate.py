@@ -18,6 +18,7 @@ from jnreg.core.data import rows as data_mod
 from jnreg.core.evaluation.generation import generate_answer
 from jnreg.core.host.spec import AgentSpec, DataOptions
 from jnreg.errors import DataError
+from jnreg.schemas import Checker
 
 # The held-out rows of a training run, written beside the adapter and published with it.
 
@@ -26,11 +27,7 @@ def read_eval_rows(files: Sequence[str | Path], spec: AgentSpec, options: DataOp
     """Every row of ``files``, checked as for training; any bad row, a reference failing the schema too, fails."""
     options = options or DataOptions()
     records = data_mod.default_loader(DataOptions(train_files=tuple(str(f) for f in files)), None)
-    validator = None
-    if spec.response_schema is not None:
-        from jsonschema import Draft202012Validator
-
-        validator = Draft202012Validator(spec.response_schema)
+    validator = data_mod.response_checker(spec)
     examples = []
     for record in records:
         try:
@@ -72,7 +69,7 @@ def _same(answer: Any, reference: Any) -> bool:
     return isinstance(answer, str) and answer == reference
 
 
-def judge(answer_text: str, reference_text: str, spec: AgentSpec, validator: Any | None) -> dict[str, Any]:
+def judge(answer_text: str, reference_text: str, spec: AgentSpec, validator: Checker | None) -> dict[str, Any]:
     """The verdicts on one answer: is it JSON, does it satisfy the schema, which exact fields match."""
     try:
         answer = json.loads(answer_text)
@@ -85,11 +82,10 @@ def judge(answer_text: str, reference_text: str, spec: AgentSpec, validator: Any
         if not is_json:
             schema_valid, schema_error = False, "not JSON"
         else:
-            error = next(iter(sorted(validator.iter_errors(answer), key=lambda e: list(e.path))), None)
+            error = validator.first_error(answer)
             schema_valid = error is None
             if error is not None:
-                path = "/".join(str(p) for p in error.absolute_path) or "<root>"
-                schema_error = f"{path}: {error.message}"[:300]
+                schema_error = error[:300]
     try:
         reference = json.loads(reference_text)
     except json.JSONDecodeError:
@@ -179,11 +175,7 @@ def evaluation_of(
 ) -> Evaluation:
     """The metrics and rows for ``examples``, from each row's (summed loss, supervised tokens) and answer
     (``generate_answer``'s text, new_tokens and stopped_at_eos; None for a whole-text row), however made."""
-    validator = None
-    if spec.response_schema is not None:
-        from jsonschema import Draft202012Validator
-
-        validator = Draft202012Validator(spec.response_schema)
+    validator = data_mod.response_checker(spec)
     rows: list[dict[str, Any]] = []
     loss_sum, loss_tokens, new_tokens = 0.0, 0, 0
     for index, (example, (row_loss, row_tokens), answer) in enumerate(zip(examples, losses, answers, strict=True)):

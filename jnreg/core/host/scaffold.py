@@ -6,8 +6,8 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from jnreg.core.host.spec import AGENT_NAME
 from jnreg.errors import ConfigError
+from jnreg.names import AGENT_PATTERN, is_agent
 
 SAMPLE_ROWS = [
     (
@@ -40,8 +40,8 @@ def _render(template: str, **values: str) -> str:
 
 def write_plugin(name: str, directory: Path, description: str | None = None) -> list[Path]:
     """Write the plugin package for agent ``name`` into ``directory``; returns the files written."""
-    if not AGENT_NAME.match(name):
-        raise ConfigError(f"agent name {name!r} must match {AGENT_NAME.pattern}")
+    if not is_agent(name):
+        raise ConfigError(f"agent name {name!r} must match {AGENT_PATTERN.pattern}")
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise ConfigError(f"{directory} exists and is not an empty directory")
     package = f"jnreg_{name}"

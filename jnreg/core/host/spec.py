@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jnreg.errors import ConfigError
+from jnreg.names import AGENT_PATTERN, is_agent
+from jnreg.schemas import SchemaProblem, checker
 
 DEFAULT_BASE_MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
 MISTRAL_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-AGENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -139,8 +139,8 @@ class AgentSpec:
 
     def __post_init__(self) -> None:
         _check(
-            isinstance(self.name, str) and bool(AGENT_NAME.match(self.name)),
-            f"agent name {self.name!r} must match {AGENT_NAME.pattern}",
+            is_agent(self.name),
+            f"agent name {self.name!r} must match {AGENT_PATTERN.pattern}",
         )
         _check(
             isinstance(self.description, str) and self.description.strip() != "",
@@ -159,15 +159,10 @@ class AgentSpec:
             f"agent {self.name!r}: load_dataset must be callable",
         )
         if self.response_schema is not None:
-            from jsonschema import Draft202012Validator
-            from jsonschema.exceptions import SchemaError
-
             try:
-                Draft202012Validator.check_schema(self.response_schema)
-            except SchemaError as exc:
-                raise ConfigError(
-                    f"agent {self.name!r}: response_schema is not a valid JSON Schema: {exc.message}"
-                ) from None
+                checker(self.response_schema)  # compiled once here; rows and answers reuse it
+            except SchemaProblem as exc:
+                raise ConfigError(f"agent {self.name!r}: response_schema is not a valid JSON Schema: {exc}") from None
         if self.requirements:
             from jnreg.core.evaluation.gate import parse_requirements
 

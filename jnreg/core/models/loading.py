@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from jnreg.errors import ModelError
+from jnreg.errors import ModelError, first_line
 
 TINY_MODEL_ID = "jnreg:tiny-mistral"
 QUANTIZATIONS = ("nf4", "8bit", "none")
@@ -57,7 +57,7 @@ def _load(what: str, model_id: str, loader: Any, **kwargs: Any) -> Any:
     except (OSError, ValueError) as exc:
         if path == model_id and not is_builtin(model_id):
             raise _hub_error(model_id, exc) from None
-        raise ModelError(f"cannot load the {what} of {model_id!r}: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"cannot load the {what} of {model_id!r}: {first_line(exc)}") from None
 
 
 def load_tokenizer(model_id_or_path: str, *, token: str | None = None, revision: str | None = None) -> Any:

@@ -29,7 +29,7 @@ from jnreg.core.training.outputs import (
     save_config,
     write_json,
 )
-from jnreg.errors import ConfigError
+from jnreg.errors import ConfigError, first_line
 
 Echo = Callable[[str], None]
 
@@ -129,7 +129,7 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
     try:
         model = get_peft_model(model, lora)
     except ValueError as exc:
-        raise ConfigError(f"cannot apply LoRA: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"cannot apply LoRA: {first_line(exc)}") from None
 
     has_eval = prepared.eval is not None
     use_cuda = report.device == "cuda"

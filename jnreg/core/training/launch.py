@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from jnreg.errors import ConfigError, JnregError, LaunchError
+from jnreg.errors import ConfigError, JnregError, LaunchError, first_line
 
 # Set for the processes `jnreg train --processes N` starts: where they leave their errors.
 LAUNCH_DIR_ENV = "JNREG_LAUNCH_DIR"
@@ -140,11 +140,11 @@ def reporting_failures() -> Iterator[None]:
     try:
         yield
     except JnregError as exc:
-        _write_error(Path(directory), "error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        _write_error(Path(directory), "error", first_line(exc))
         raise SystemExit(1) from None
     except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        _write_error(Path(directory), "crash", f"{type(exc).__name__}: {first}".rstrip(": "))
+        name, first = type(exc).__name__, first_line(exc)
+        _write_error(Path(directory), "crash", name if first == name else f"{name}: {first}")
         raise
 
 
@@ -253,5 +253,4 @@ def _failure_message(directory: Path, exc: Exception, processes: int) -> str:
         failure = failures[first]
         how = f"signal {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
         return f"training process {first} of {processes} stopped with {how}; see its output above"
-    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return f"cannot start {processes} training processes: {first_line}"
+    return f"cannot start {processes} training processes: {first_line(exc)}"

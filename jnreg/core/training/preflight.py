@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-from jnreg.errors import EnvironmentCheckError
+from jnreg.errors import EnvironmentCheckError, first_line
 
 # The libraries whose versions the checks compare with jnreg's own requirements in pyproject.toml.
 CHECKED = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "safetensors")
@@ -117,7 +117,7 @@ def _check_bitsandbytes(report: Report, quantization: str) -> None:
         if out.shape != (2, 32) or not torch.isfinite(out.float()).all():
             raise RuntimeError("a quantized layer returned a wrong result")
     except Exception as exc:
-        report.fail(f"bitsandbytes cannot run {quantization} on {report.device}: {str(exc).splitlines()[0]}")
+        report.fail(f"bitsandbytes cannot run {quantization} on {report.device}: {first_line(exc)}")
         return
     backend = "CUDA" if report.device == "cuda" else "CPU fallback"
     report.ok(f"bitsandbytes {bnb.__version__}: {quantization} layers run on the {backend}")

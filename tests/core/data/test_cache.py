@@ -64,6 +64,37 @@ def config_for(agent, tmp_path, **values):
     return build_config(agent.spec, {}, settings)
 
 
+@dataclasses.dataclass
+class Split:
+    examples: list = dataclasses.field(default_factory=list)
+    rows: list = dataclasses.field(default_factory=list)
+    truncated: list = dataclasses.field(default_factory=list)
+    prompt_tokens: int = 0
+    supervised_tokens: int = 0
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(row["input_ids"]) for row in self.rows]
+
+
+def split_by_hand(examples, renderer, config) -> tuple[Split, Split]:
+    """The rows and counts as one plain loop over lists makes them: what the streamed, cached pipeline must equal."""
+    held = data.held_out(len(examples), config.eval_fraction, config.seed)
+    train, evaluation = Split(), Split()
+    for index, example in enumerate(examples):
+        split = evaluation if index in held else train
+        prompt, completion = renderer.render(example)
+        kept = data.fit(prompt, completion, config.max_seq_length, config.overlong)
+        assert kept is not None  # this data truncates, never drops
+        if kept is not prompt:
+            split.truncated.append(example.where)
+        split.examples.append(example)
+        split.rows.append({"input_ids": kept + completion, "completion_mask": [0] * len(kept) + [1] * len(completion)})
+        split.prompt_tokens += len(kept)
+        split.supervised_tokens += len(completion)
+    return train, evaluation
+
+
 def everything(prepared) -> dict:
     """What a run takes from its data: every row, every count, the report's lines."""
     return {
@@ -77,19 +108,18 @@ def everything(prepared) -> dict:
     }
 
 
-def test_fresh_run_and_cache_hit_equal_the_list_pipeline(tmp_path, cache, builtin_agents, tokenizer):
+def test_fresh_run_and_cache_hit_equal_a_plain_loop(tmp_path, cache, builtin_agents, tokenizer):
     agent = builtin_agents.get("synthesizer")
     write_rows(tmp_path / "rows.jsonl")
     config = config_for(agent, tmp_path)
 
-    # The rows and counts as the list pipeline makes them.
+    # The rows and counts as a plain loop makes them.
     checked = data.check_records(
         data.load_records(agent.spec, config.data_options), config.data_options, agent.spec, on_bad_row="skip"
     )
-    train_rows, eval_rows = data.split_eval(checked.examples, config.eval_fraction, config.seed)
     renderer = data.Renderer(tokenizer, agent.spec.template)
-    train = data.tokenize(train_rows, renderer, config.max_seq_length)
-    evaluation = data.tokenize(eval_rows, renderer, config.max_seq_length)
+    train, evaluation = split_by_hand(checked.examples, renderer, config)
+    train_rows, eval_rows = train.examples, evaluation.examples
     assert train.truncated and checked.skipped  # the data exercises truncation and skipping
 
     fresh = prepare_data(config, agent, tokenizer)

@@ -201,28 +201,41 @@ def test_template_that_drops_the_system_prompt_before_an_answer_still_trains_on_
     assert prompt_ids + completion_ids == joint
 
 
-def test_overlong_rows_truncate_prompt_from_the_left_or_drop(tokenizer, builtin_agents):
-    spec = builtin_agents.get("fact_checker").spec
-    renderer = data.Renderer(tokenizer, spec.template)
+def prepared(tmp_path, monkeypatch, agent, tokenizer, rows: list[dict], **settings):
+    """The rows as a training run gets them: written to a file, checked and tokenized by prepare_data."""
+    from jnreg.core.data.prepare import prepare_data
+    from jnreg.core.training.config import build_config
+
+    monkeypatch.setenv("JNREG_DATA_CACHE", str(tmp_path / "data-cache"))
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    values = {"base_model": "jnreg:tiny-mistral", "output_dir": str(tmp_path / "out"), "train_files": [str(path)]}
+    config = build_config(agent.spec, {}, {**values, "eval_fraction": 0.0, **settings})
+    return prepare_data(config, agent, tokenizer), path
+
+
+def test_overlong_rows_truncate_prompt_from_the_left_or_drop(tmp_path, monkeypatch, tokenizer, builtin_agents):
+    agent = builtin_agents.get("fact_checker")
+    renderer = data.Renderer(tokenizer, agent.spec.template)
     long_prompt = "Claim: the budget passed.\nContext: " + "council minutes record the vote. " * 60
-    examples = [data.Example("f:1", prompt=long_prompt, response=GOOD["response"])]
-    full = sum(len(part) for part in renderer.render(examples[0]))
-    limit = full - 50
-    kept = data.tokenize(examples, renderer, limit, "truncate")
-    row = kept.rows[0]
-    assert len(row["input_ids"]) == limit and kept.truncated == ["f:1"]
+    example = data.Example("f:1", prompt=long_prompt, response=GOOD["response"])
+    prompt, completion = renderer.render(example)
+    limit = len(prompt) + len(completion) - 50
+    rows = [{"prompt": long_prompt, "response": GOOD["response"]}]
+    kept, path = prepared(tmp_path, monkeypatch, agent, tokenizer, rows, max_seq_length=limit, overlong="truncate")
+    row = kept.train.rows[0]
+    assert len(row["input_ids"]) == limit and kept.train.truncated == [f"{path}:1"]
     assert row["input_ids"][0] == tokenizer.bos_token_id and row["input_ids"][-1] == tokenizer.eos_token_id
-    _, completion = renderer.render(examples[0])
     assert row["input_ids"][-len(completion) :] == completion and sum(row["completion_mask"]) == len(completion)
     with pytest.raises(DataError, match="every row is longer"):
-        data.tokenize(examples, renderer, limit, "drop")
+        prepared(tmp_path, monkeypatch, agent, tokenizer, rows, max_seq_length=limit, overlong="drop")
 
 
-def test_text_rows_train_on_the_whole_text(tokenizer, builtin_agents):
-    spec = builtin_agents.get("fact_checker").spec
-    renderer = data.Renderer(tokenizer, spec.template)
-    tokenized = data.tokenize([data.Example("t:1", text="Plain news text.")], renderer, 512)
-    row = tokenized.rows[0]
+def test_text_rows_train_on_the_whole_text(tmp_path, monkeypatch, tokenizer, builtin_agents):
+    kept, _ = prepared(
+        tmp_path, monkeypatch, builtin_agents.get("fact_checker"), tokenizer, [{"text": "Plain news text."}]
+    )
+    row = kept.train.rows[0]
     assert row["input_ids"][0] == tokenizer.bos_token_id and row["input_ids"][-1] == tokenizer.eos_token_id
     assert all(row["completion_mask"])
 
