@@ -46,6 +46,12 @@ def test_agents_on_different_bases_or_none_in_service_get_one_line(tmp_path):
     assert unknown.returncode == 1 and "journalist" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
+def test_eval_server_needs_the_vllm_engine(tmp_path):
+    store = _store(tmp_path, "synthesizer")
+    done = run_jnreg("--store-root", str(store.root), "eval", "synthesizer", "--server", "http://127.0.0.1:9")
+    assert done.returncode != 0 and "--engine vllm" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_serve_help_imports_no_heavy_library():
     assert heavy_imports_after(["serve", "--help"]) == []
     assert heavy_imports_after(["--help"]) == []

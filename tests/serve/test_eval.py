@@ -38,8 +38,6 @@ def test_eval_through_vllm_records_the_same_document_and_the_gate_accepts_it(ser
     assert document["settings"]["engine"] == "vllm" and document["settings"]["quantization"] == "none"
     assert document["metrics"]["rows"] == 4 and document["details"]["answered_rows"] == 4
     assert abs(document["metrics"]["eval_loss"] - reference["metrics"]["eval_loss"]) < 1e-3
-    mismatch = run_jnreg(*common, "--server", server.url, env=env)
-    assert mismatch.returncode != 0 and "--engine vllm" in mismatch.stderr
     assert document["details"]["new_tokens"] == reference["details"]["new_tokens"]
     served_rows = [json.loads(line) for line in open(_rows(store, document), encoding="utf-8")]
     local_rows = [json.loads(line) for line in open(_rows(store, reference), encoding="utf-8")]
