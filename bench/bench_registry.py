@@ -3,7 +3,9 @@
 - `ModelStore.publish` into a store of 1,000 versions against the same publish into an empty store;
 - `jnreg store resolve` and `jnreg store list` (50 agents x 20 versions) against `python -c "import click"`;
 - publishing a 200 MB adapter against `cp -r` + `sync` of the same directory;
-- 32 publishers in separate processes at once: versions per second, and that none is lost.
+- 32 publishers in separate processes at once: versions per second, and that none is lost;
+- on an object store (a local moto S3 server), `rollback` and `history` of an agent with 150 versions against
+  one with 5: rollback reads one service record, not the journal, so it costs the same; history pages.
 
 Large stores are built by cloning one published version (manifest relabelled, one journal line each), so
 building them costs seconds; what is measured is real publishing and resolving on them.
@@ -24,6 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +249,85 @@ def bench_concurrent(work: Path, writers: int) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+@contextmanager
+def moto_server(work: Path) -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 and the AWS variables that point at it; a fresh bucket's store root."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = dict(os.environ)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(endpoint, timeout=1).read()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the moto S3 server did not start") from None
+                time.sleep(0.1)
+        os.environ.update(
+            AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench-secret-0123456789",
+            AWS_REGION="us-east-1", AWS_ALLOW_HTTP="true", JNREG_CACHE=str(work / "cache"),
+        )  # fmt: skip
+        bucket = f"jnreg-bench-{uuid.uuid4().hex[:12]}"
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/{bucket}", method="PUT"), timeout=10).read()
+        yield f"s3://{bucket}/store"
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def bench_object_history(work: Path, small: int, large: int, runs: int) -> list[dict[str, Any]]:
+    """rollback and history on an object store: an agent of ``large`` versions against one of ``small``."""
+    src = source_dir(work / "obj-src", seed=5)
+    with moto_server(work) as root:
+        store = ModelStore(root)
+        for agent, count in (("few", small), ("many", large)):
+            for n in range(count):
+                store.publish(agent, src, version=f"v{n:04d}")
+
+        def rollback_time(agent: str) -> float:
+            times = []
+            for _ in range(runs):
+                back = store.current(agent)
+                times.append(timed(lambda: store.rollback(agent)))
+                store.promote(agent, back)
+            return statistics.median(times)
+
+        def history_time(agent: str, limit: int | None) -> float:
+            return statistics.median(timed(lambda: store.history(agent, limit=limit)) for _ in range(runs))
+
+        rollback = {agent: rollback_time(agent) for agent in ("few", "many")}
+        history = {agent: history_time(agent, None) for agent in ("few", "many")}
+        paged = {agent: history_time(agent, 20) for agent in ("few", "many")}
+    same = f"the same on an agent with {small} versions"
+    return [
+        figure(
+            f"object store rollback, agent with {large} versions (median, moto S3 server)", rollback["many"], "s",
+            same, rollback["few"], "lower", "≤ 1.5×", 1.5,
+        ),
+        figure(
+            f"object store history --limit 20, agent with {large} versions (median, moto S3 server)", paged["many"],
+            "s", same, paged["few"], "lower", "≤ 1.5×", 1.5,
+        ),
+        figure(
+            f"object store history (every entry), agent with {large} versions (median, moto S3 server)",
+            history["many"], "s", same, history["few"], "lower", None, None,
+        ),
+    ]  # fmt: skip
+
+
 def main() -> None:
     parser = benchlib.parser(__file__, __doc__, quick="Fewer runs and a 50 MB adapter, for a smoke test.")
     args = parser.parse_args()
@@ -253,6 +338,7 @@ def main() -> None:
         figures += bench_cli(work, runs)
         figures.append(bench_large(work, size))
         figures += bench_concurrent(work, 32)
+        figures += bench_object_history(work, 5, 50 if args.quick else 150, runs)
     benchlib.write(__file__, args.out, figures)
 
 

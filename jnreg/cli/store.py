@@ -125,14 +125,19 @@ def publish(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def list_(ctx: click.Context, agent: str | None, as_json: bool) -> None:
-    """List agents in the store, or AGENT's versions (oldest first; * marks the one in service)."""
+    """List agents in the store, or AGENT's versions (oldest first; * marks the one in service).
+
+    A damaged `current` does not stop the listing: the versions are shown, with the problem, so that one can
+    be promoted (`jnreg store verify` names every problem and exits non-zero).
+    """
     model_store = open_store(ctx)
     if agent is None:
         rows = []
         for name in model_store.agents():
             row: dict[str, Any] = {"agent": name, "current": None, "versions": 0, "problem": None}
+            row["versions"] = len(model_store.version_labels(name))
             try:
-                row.update(current=model_store.current(name), versions=len(model_store.version_labels(name)))
+                row["current"] = model_store.current(name)
             except IntegrityError as exc:
                 row["problem"] = str(exc)  # one damaged agent must not hide the others
             rows.append(row)
@@ -146,13 +151,19 @@ def list_(ctx: click.Context, agent: str | None, as_json: bool) -> None:
             click.echo(f"{row['agent']}  {row['versions']} version(s)  {state}")
         return
     model_store.require_agent(agent)
-    current = model_store.current(agent)
+    problem = None
+    try:
+        current = model_store.current(agent)
+    except IntegrityError as exc:
+        current, problem = None, str(exc)
     rows = [_version_row(m, current) for m in model_store.versions(agent)]
     for row in rows:
         row["evaluation"] = _latest_evaluation(model_store, agent, row["version"])
     if as_json:
-        echo_json({"agent": agent, "current": current, "versions": rows})
+        echo_json({"agent": agent, "current": current, "problem": problem, "versions": rows})
         return
+    if problem:
+        click.echo(f"problem: {problem}", err=True)
     for row in rows:
         mark = "*" if row["current"] else " "
         click.echo(
@@ -276,13 +287,21 @@ def verify(ctx: click.Context, agent: str | None, version: str | None, as_json: 
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def recover(ctx: click.Context, agent: str, as_json: bool) -> None:
-    """Finish or undo what a crashed publish, promote, rollback or gc left of AGENT, and clean its leftovers."""
+    """Finish or undo what a crashed write left of AGENT, remove its leftovers, and rebuild `current` and the
+    agent map from the journal where they disagree with it. Says each thing it did."""
     store = open_store(ctx)
-    pending = store.recover(agent)
+    recovery = store.recover(agent)
+    say = progress_echo(as_json)
+    for line in recovery.done:
+        say(f"{agent}: {line}")
+    for problem in recovery.problems:
+        click.echo(f"problem: {problem}", err=True)
+    if recovery.problems:
+        raise IntegrityError(f"recover could not repair {agent}: {recovery.problems[0]}")
     if as_json:
-        echo_json({"agent": agent, "recovered": pending, "current": store.current(agent)})
-    elif pending:
-        click.echo(f"{agent}: finished the interrupted write; {store.current(agent) or 'nothing'} is in service")
+        echo_json({"agent": agent, "recovered": bool(recovery), "current": store.current(agent)})
+    elif recovery:
+        click.echo(f"{agent}: {store.current(agent) or 'nothing'} is in service")
     else:
         click.echo(f"{agent}: nothing to recover")
 
@@ -307,11 +326,12 @@ def gc(ctx: click.Context, agent: str, keep: int, dry_run: bool, as_json: bool) 
 
 @store.command("history")
 @click.argument("agent")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the newest N entries.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def history(ctx: click.Context, agent: str, as_json: bool) -> None:
-    """Show AGENT's journal: every publish, promote, rollback and gc removal."""
-    entries = open_store(ctx).history(agent)
+def history(ctx: click.Context, agent: str, limit: int | None, as_json: bool) -> None:
+    """Show AGENT's journal: every publish, promote, rollback and gc removal (oldest first)."""
+    entries = open_store(ctx).history(agent, limit=limit)
     if as_json:
         echo_json({"agent": agent, "entries": entries})
         return

@@ -140,6 +140,11 @@ def _inspect(source: Path) -> AdapterSource:
         summary = read_json(files.pop(SUMMARY), "training summary", IntegrityError)
         if not isinstance(summary, dict):
             raise IntegrityError(f"training summary {source / SUMMARY} is not a JSON object")
+        if summary.get("dry_run") is True:
+            raise StoreError(
+                f"{source / SUMMARY} is a dry run's report, not the summary of the training that made this "
+                "adapter; train again into that directory (or remove the file) before publishing"
+            )
     for name, path in files.items():
         if name not in BINARY_FILES:
             refuse_secrets(path.read_bytes(), str(path))

@@ -171,13 +171,27 @@ def in_service(entries: list[dict[str, Any]], agent: str) -> str | None:
     return moves[-1]["current"] if moves else None
 
 
-def rollback_target(entries: list[dict[str, Any]], agent: str) -> str | None:
-    """The version a rollback returns to: an undo stack of the agent's earlier versions in service."""
-    stack: list[str | None] = []
+def undo_after(undo: tuple[str | None, ...], entry: dict[str, Any]) -> tuple[str | None, ...]:
+    """The undo stack of earlier versions in service once ``entry`` is recorded (entries of one agent).
+
+    A publish or promote that moves `current` pushes the version it replaced; a rollback pops it again.
+    """
+    moved = entry["previous"] != entry["current"]
+    if entry["action"] in ("publish", "promote") and moved and entry["current"] == entry["version"]:
+        return (*undo, entry["previous"])
+    if entry["action"] == "rollback" and undo:
+        return undo[:-1]
+    return undo
+
+
+def undo_stack(entries: list[dict[str, Any]], agent: str) -> tuple[str | None, ...]:
+    stack: tuple[str | None, ...] = ()
     for entry in for_agent(entries, agent):
-        moved = entry["previous"] != entry["current"]
-        if entry["action"] in ("publish", "promote") and moved and entry["current"] == entry["version"]:
-            stack.append(entry["previous"])
-        elif entry["action"] == "rollback" and stack:
-            stack.pop()
+        stack = undo_after(stack, entry)
+    return stack
+
+
+def rollback_target(entries: list[dict[str, Any]], agent: str) -> str | None:
+    """The version a rollback returns to: the top of the agent's undo stack of earlier versions in service."""
+    stack = undo_stack(entries, agent)
     return stack[-1] if stack else None

@@ -7,7 +7,8 @@ from typing import Any
 
 from jnreg.errors import IntegrityError
 from jnreg.registry.agent_map import entry_for, hf_id_of
-from jnreg.registry.store import ModelStore, Resolution
+from jnreg.registry.results import Resolution
+from jnreg.registry.store import ModelStore
 
 
 def resolve(

@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jnreg.errors import IntegrityError, StoreError, StoreNotFound
-from jnreg.fsutil import owned_name, read_json, remove_tree
+from jnreg.fsutil import fsync_dir, owned_name, read_json, remove_tree
 from jnreg.names import check_agent
 from jnreg.registry import agent_map
-from jnreg.registry.store import MANIFEST, VERSIONS, ModelStore
+from jnreg.registry.storage.base import MANIFEST, VERSIONS
+from jnreg.registry.storage.local import LocalStorage
+from jnreg.registry.storage.objects import ObjectStorage
+from jnreg.registry.store import ModelStore
 
 
 @dataclass
@@ -31,12 +34,11 @@ class PullResult:
 
 def pull(source: ModelStore, target: ModelStore, agents: list[str] | None = None, *, every: bool = False) -> PullResult:
     """Copy ``agents``' versions in service (all versions with ``every``) from ``source`` into the local ``target``."""
-    from jnreg.registry.object_store import ObjectModelStore
-
-    if not isinstance(source, ObjectModelStore):
+    if not isinstance(source.storage, ObjectStorage):
         raise StoreError(f"pull copies from an object store (s3://…), not from {source.root}")
-    if isinstance(target, ObjectModelStore):
+    if not isinstance(target.storage, LocalStorage):
         raise StoreError(f"pull copies into a local directory, not into {target.root}")
+    remote, local = source.storage, target.storage
     names = [source.require_agent(check_agent(a)) for a in agents] if agents else source.agents()
     if not names:
         raise StoreNotFound(f"no agents in the store at {source.root}")
@@ -49,15 +51,15 @@ def pull(source: ModelStore, target: ModelStore, agents: list[str] | None = None
         for label in labels:
             manifest = source.manifest(agent, label)
             where = f"{agent} {label}"
-            (result.fetched if _place(source, target, agent, label, manifest) else result.kept).append(where)
+            (result.fetched if _place(remote, local, agent, label, manifest) else result.kept).append(where)
             if label == current:
                 served[agent] = manifest
         result.current[agent] = current
     for agent, manifest in served.items():
-        with target._writing(agent):
+        with local.writing(agent):
             if _local_current(target, agent) != manifest["version"]:
-                target._swap_current(agent, manifest["version"])
-    _write_map(target, served)
+                local.swap_current(agent, manifest["version"])
+    _write_map(local, served)
     return result
 
 
@@ -68,7 +70,7 @@ def _local_current(target: ModelStore, agent: str) -> str | None:
         return None  # a dangling link is replaced like any other
 
 
-def _place(source: ModelStore, target: ModelStore, agent: str, label: str, manifest: dict[str, Any]) -> bool:
+def _place(source: ObjectStorage, target: LocalStorage, agent: str, label: str, manifest: dict[str, Any]) -> bool:
     """Put one version in the local store; False when it is there already with the same digest."""
     final = target.version_dir(agent, label)
     if os.path.lexists(final / MANIFEST):
@@ -76,19 +78,18 @@ def _place(source: ModelStore, target: ModelStore, agent: str, label: str, manif
         if not isinstance(held, dict) or held.get("digest") != manifest["digest"]:
             raise IntegrityError(f"local {agent} {label} at {final} has another digest than {source.root}'s")
         return False
-    agent_dir = target._prepare(agent)
+    target.prepare(agent)
+    agent_dir = target.agent_dir(agent)
     staging = agent_dir / owned_name("staging")
     try:
-        source.fetch(agent, label, manifest, staging)  # type: ignore[attr-defined]
-        with target._writing(agent):
+        source.fetch(agent, label, manifest, staging)
+        with target.writing(agent):
             if os.path.lexists(final):
                 with suppress(OSError):
                     os.rmdir(final)  # an empty claim left by a crash
             os.chmod(staging, 0o755)  # a directory moved to another parent rewrites its ".."
             os.rename(staging, final)
             os.chmod(final, 0o555)
-            from jnreg.fsutil import fsync_dir
-
             fsync_dir(agent_dir / VERSIONS)
     finally:
         if os.path.lexists(staging):
@@ -96,11 +97,11 @@ def _place(source: ModelStore, target: ModelStore, agent: str, label: str, manif
     return True
 
 
-def _write_map(target: ModelStore, served: dict[str, dict[str, Any]]) -> None:
+def _write_map(target: LocalStorage, served: dict[str, dict[str, Any]]) -> None:
     """Point the local map at every pulled agent's version in service, in one atomic write."""
     if not served:
         return
-    with target._lock(agent_map.lock_path(target.map_path), f"agent map {target.map_path}"):
+    with target.lock(agent_map.lock_path(target.map_path), f"agent map {target.map_path}"):
         document = target.read_map()
         updated = document
         for agent, manifest in served.items():

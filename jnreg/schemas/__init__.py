@@ -23,6 +23,7 @@ SCHEMA_NAMES = (
     "train_config",
     "object_current",
     "object_intent",
+    "object_service",
     "evaluation",
     "eval_row",
     "data_cache",

@@ -16,7 +16,7 @@ import pytest
 from jnreg.fsutil import host_tag
 from jnreg.registry import ModelStore
 from jnreg.registry.journal import read_entries
-from jnreg.registry.store import CRASH_POINTS
+from jnreg.registry.storage.local import CRASH_POINTS
 from tests.registry_helpers import make_adapter, start
 
 os.environ["HF_HUB_OFFLINE"] = "1"

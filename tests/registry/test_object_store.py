@@ -20,9 +20,10 @@ from click.testing import CliRunner
 from jnreg.cli import cli
 from jnreg.errors import IntegrityError, StoreConflict, StoreError
 from jnreg.registry import ModelStore, resolve
-from jnreg.registry.object_store import OBJECT_CRASH_POINTS, ObjectModelStore
-from jnreg.registry.objects import Bucket
 from jnreg.registry.pull import pull
+from jnreg.registry.storage.bucket import Bucket
+from jnreg.registry.storage.object_layout import CRASH_POINTS as OBJECT_CRASH_POINTS
+from jnreg.registry.storage.objects import ObjectStorage
 from jnreg.schemas import errors as schema_errors
 from tests.conftest import S3_SECRET
 from tests.registry_helpers import make_adapter, safetensors_bytes, start, summary_for
@@ -62,7 +63,7 @@ def map_version(store: ModelStore, agent: str) -> str | None:
 
 def test_the_store_rules_hold_in_object_storage(root: str, tmp_path: Path) -> None:
     store = ModelStore(root)
-    assert isinstance(store, ObjectModelStore)
+    assert isinstance(store.storage, ObjectStorage)
     first = store.publish("critic", make_adapter(tmp_path / "s1", seed=1, summary=summary_for("critic")), version="a")
     assert first.promoted and first.manifest["training_summary"]["adapter_version"] == "a"
     store.publish("critic", make_adapter(tmp_path / "s2", seed=2), version="b")
@@ -248,7 +249,7 @@ def test_a_publish_taken_for_abandoned_never_becomes_visible(
     root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A writer too slow for the stale limit loses its pending record to another's clean-up: it must not go on."""
-    import jnreg.registry.object_store as object_store
+    import jnreg.registry.storage.objects as object_store
 
     store = ModelStore(root)
 
@@ -387,3 +388,51 @@ def test_a_root_that_is_not_an_object_store_url_is_refused(s3_env: str) -> None:
     for mangled in (Path("s3://bucket/x"), "gs://bucket/x"):
         with pytest.raises(StoreError, match="object stores are given as a string s3://"):
             ModelStore(mangled)
+
+
+def test_rollback_and_promote_read_no_journal_record_and_history_pages(
+    root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What rollback needs is kept beside `current`, so its cost does not grow with the history."""
+    store = ModelStore(root)
+    for i in range(1, 9):
+        store.publish("critic", make_adapter(tmp_path / f"s{i}", seed=i), version=f"v{i}")
+    reads: list[str] = []
+    original = Bucket.get
+
+    def counted(self: Bucket, key: str):
+        reads.append(key)
+        return original(self, key)
+
+    monkeypatch.setattr(Bucket, "get", counted)
+    assert store.rollback("critic")["version"] == "v7"
+    assert store.promote("critic", "v2")["previous"] == "v7"
+    assert store.rollback("critic")["version"] == "v7"
+    # Only the record each write creates is looked for (and found absent); none of the history is read.
+    looked_for = [k for k in reads if "/journal/" in k]
+    assert sorted(looked_for) == sorted([f"critic/journal/{n:010d}.json" for n in (9, 10, 11)] * 2)
+    reads.clear()
+    newest = store.history("critic", limit=3)
+    assert [(e["action"], e["version"]) for e in newest] == [("rollback", "v7"), ("promote", "v2"), ("rollback", "v7")]
+    assert len([k for k in reads if "/journal/" in k]) == 3
+    monkeypatch.setattr(Bucket, "get", original)
+    done = CliRunner().invoke(cli, ["--store-root", root, "store", "history", "critic", "--limit", "2", "--json"])
+    assert done.exit_code == 0, done.output
+    assert [e["action"] for e in json.loads(done.stdout)["entries"]] == ["promote", "rollback"]
+    assert store.verify().ok
+
+
+def test_a_store_without_service_records_still_rolls_back(root: str, tmp_path: Path) -> None:
+    """Stores written before the service records existed fall back to the journal, then gain them."""
+    store = ModelStore(root)
+    for i in range(1, 5):
+        store.publish("critic", make_adapter(tmp_path / f"s{i}", seed=i), version=f"v{i}")
+    store.promote("critic", "v2")
+    bucket = Bucket(root)
+    bucket.delete(keys(root, "critic/service/"))
+    assert store.gc("critic", keep=0).removed == ["v3", "v1"]  # v4 is the rollback target, v2 in service
+    assert store.rollback("critic")["version"] == "v4"
+    with pytest.raises(StoreError, match="cannot roll back 'critic' to 'v3': that version is no longer"):
+        store.rollback("critic")  # the undo stack came from the journal: v3 was in service before v4
+    assert keys(root, "critic/service/")  # written again by the writes since
+    assert store.verify().ok

@@ -146,6 +146,10 @@ def test_adapter_name_and_base_model_sources(store: ModelStore, tmp_path: Path) 
         (lambda d: (d / "training_summary.json").write_text(json.dumps(summary_for("critic"))), "not 'analyst'"),
         (lambda d: (d / "training_summary.json").write_text('{"agent": "analyst"}'), "training_summary schema"),
         (lambda d: (d / "training_summary.json").write_text("[1"), "not valid JSON"),
+        (
+            lambda d: (d / "training_summary.json").write_text(json.dumps(summary_for("analyst") | {"dry_run": True})),
+            "is a dry run's report",
+        ),
     ],
 )
 def test_publish_refuses_what_is_not_a_valid_adapter(store: ModelStore, tmp_path: Path, damage, message: str) -> None:
@@ -524,3 +528,21 @@ def test_an_entry_jnreg_wrote_must_keep_its_shape(store: ModelStore, tmp_path: P
     store.map_path.write_text(json.dumps(document))
     with pytest.raises(IntegrityError, match="adapter_model_store_path"):
         store.read_map()
+
+
+def test_history_pages_from_the_newest(store: ModelStore, tmp_path: Path) -> None:
+    for n in (1, 2, 3):
+        store.publish("critic", adapter(tmp_path, n), version=f"v{n}")
+    store.rollback("critic")
+    assert [e["version"] for e in store.history("critic", limit=2)] == ["v3", "v2"]
+    assert len(store.history("critic", limit=10)) == 4
+    with pytest.raises(StoreError, match="--limit must be 1 or more"):
+        store.history("critic", limit=0)
+    from click.testing import CliRunner
+
+    from jnreg.cli import cli
+
+    done = CliRunner().invoke(cli, ["--store-root", str(store.root), "store", "history", "critic", "--limit", "1"])
+    assert done.exit_code == 0 and done.output.count("\n") == 1 and "rollback" in done.output
+    refused = CliRunner().invoke(cli, ["--store-root", str(store.root), "store", "history", "critic", "--limit", "0"])
+    assert refused.exit_code == 2 and "Traceback" not in refused.output

@@ -62,6 +62,10 @@ def documents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Any]]:
             {"schema_version": 1, "owner": "host_1-12-0123abcd", "action": "publish", "agent": "critic",
              "version": "v1", "op": "0" * 32, "who": "a@b", "when": "2026-01-01T00:00:00.5Z"}
         ],
+        "object_service": [
+            {"schema_version": 1, "seq": 4, "in_service": "v2", "undo": [None, "v1"]},
+            {"schema_version": 1, "seq": 1, "in_service": None, "undo": []},
+        ],
         "evaluation": [evaluation],
         "eval_row": [row],
     }  # fmt: skip

@@ -7,7 +7,10 @@ every rerun share it whatever their output directories. The key is a digest of t
 chat template, special tokens), the agent's template and system prompt, ``--prompt-template``,
 the length limit and what happens to longer rows, and the data options. An entry is written in a
 private directory and renamed into place whole, so a reader sees a complete entry or none; the
-least recently used beyond ``KEEP`` are removed.
+least recently used beyond ``KEEP`` are removed, except those a live process holds a lease on (a
+shared lock on the entry's ``lease`` file, taken by ``lookup`` and released when the entry is dropped
+or the process ends): a run reads its entry's files until it ends, so sharing the cache with other
+runs must not remove them under it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from jnreg.core.data import rows as data_mod
+from jnreg.core.data.lease import Lease, hold, unheld
 from jnreg.core.models.tiny import cache_dir as models_cache_dir
 from jnreg.errors import DataError
 from jnreg.fsutil import atomic_write, dump_json
@@ -385,7 +389,7 @@ def cache_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(document.encode("utf-8")).hexdigest()[:32]
 
 
-def _entry(directory: Path, meta: dict[str, Any]) -> Entry:
+def _entry(directory: Path, meta: dict[str, Any], lease: Lease | None = None) -> Entry:
     def one(name: str) -> TokenizedSet | None:
         counts = meta[name]
         if counts is None:
@@ -410,6 +414,7 @@ def _entry(directory: Path, meta: dict[str, Any]) -> Entry:
         CheckedStream.from_summary(checked["eval"]) if checked["eval"] else None,
         data_mod.Example(**checked["first_example"]),
         directory / EVAL_ROWS_FILE if meta["eval"] is not None else None,
+        lease,
     )
 
 
@@ -423,6 +428,7 @@ class Entry:
     eval_checked: CheckedStream | None
     first_example: data_mod.Example
     eval_rows: Path | None = None
+    lease: Lease | None = field(default=None, repr=False, compare=False)  # keep it while the files are used
 
 
 def files_digest(groups: Iterable[Iterable[Path]]) -> str:
@@ -440,8 +446,25 @@ def files_digest(groups: Iterable[Iterable[Path]]) -> str:
 
 
 def lookup(key: str) -> Entry | None:
-    """The entry for ``key`` when a whole, valid one is there; its use is recorded for pruning."""
+    """The entry for ``key`` when a whole, valid one is there, leased to this process; the use is recorded."""
     directory = cache_root() / key
+    if not directory.is_dir():
+        return None
+    lease = hold(directory)  # before the checks: an entry checked and then evicted would be no entry
+    meta = _whole(directory, key)
+    if meta is None:
+        if lease is not None:
+            lease.release()
+        return None
+    try:
+        os.utime(directory / META_FILE)
+    except OSError:
+        pass
+    return _entry(directory, meta, lease)
+
+
+def _whole(directory: Path, key: str) -> dict[str, Any] | None:
+    """The entry's meta.json when it is valid and names every file, and those files are there."""
     try:
         meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -450,13 +473,7 @@ def lookup(key: str) -> Entry | None:
         return None
     files = [directory / "train.arrow"]
     files += [directory / "eval.arrow", directory / EVAL_ROWS_FILE] if meta["eval"] is not None else []
-    if not all(f.is_file() for f in files):
-        return None
-    try:
-        os.utime(directory / META_FILE)
-    except OSError:
-        pass
-    return _entry(directory, meta)
+    return meta if all(f.is_file() for f in files) else None
 
 
 def scratch() -> Path:
@@ -518,7 +535,22 @@ def prune(keep: str | None = None, limit: int | None = None) -> None:
     entries.sort(reverse=True)
     for _, path in entries[KEEP if limit is None else limit :]:
         if path.name != keep:
-            shutil.rmtree(path, ignore_errors=True)
+            _evict(path)
+
+
+def _evict(path: Path) -> None:
+    """Remove the entry at ``path`` unless a process holds a lease on it."""
+    with unheld(path) as free:
+        if not free:
+            return
+        # Renamed away first, under the lock: a reader waiting for its lease then finds no entry,
+        # never a half-removed one, and a new entry for the key can be stored at once.
+        doomed = path.with_name(f"tmp-{os.getpid()}-{secrets.token_hex(4)}-evicted")
+        try:
+            os.rename(path, doomed)
+        except OSError:
+            doomed = path
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def options_document(options: Any) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ class PreparedData:
     first_example: data_mod.Example
     cache_hit: bool = False
     eval_rows: Path | None = None  # the held-out rows as checked, as JSONL
+    # Keeps the cache entry these files are in from eviction for as long as the run holds this.
+    lease: datacache.Lease | None = field(default=None, repr=False, compare=False)
 
     def stats(self) -> dict[str, Any]:
         lengths = self.train.lengths
@@ -74,7 +76,15 @@ def prepare_data(config: TrainConfig, agent: Agent, tokenizer: Any) -> PreparedD
         if entry is not None:
             renderer = data_mod.Renderer(tokenizer, spec.template, config.prompt_template)
             return PreparedData(
-                source, entry.checked, entry.train, entry.eval, renderer, entry.first_example, True, entry.eval_rows
+                source,
+                entry.checked,
+                entry.train,
+                entry.eval,
+                renderer,
+                entry.first_example,
+                True,
+                entry.eval_rows,
+                entry.lease,
             )
     work = datacache.scratch()
     kept_work = False
@@ -136,7 +146,9 @@ def prepare_data(config: TrainConfig, agent: Agent, tokenizer: Any) -> PreparedD
     finally:
         if not kept_work:
             datacache.discard(work)
-    return PreparedData(source, train_in, entry.train, entry.eval, renderer, entry.first_example, hit, entry.eval_rows)
+    return PreparedData(
+        source, train_in, entry.train, entry.eval, renderer, entry.first_example, hit, entry.eval_rows, entry.lease
+    )
 
 
 def source_files(config: TrainConfig, agent: Agent) -> list[list[Path]] | None:

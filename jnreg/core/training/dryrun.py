@@ -10,7 +10,17 @@ from jnreg.core.host.plugins import Agent
 from jnreg.core.models.loading import hub_token, load_config, load_tokenizer
 from jnreg.core.training import launch, preflight
 from jnreg.core.training.config import CONFIG_FILE, TrainConfig
-from jnreg.core.training.outputs import SUMMARY_FILE, build_summary, make_output_dir, now, save_config, write_json
+from jnreg.core.training.outputs import (
+    DRY_RUN_CONFIG_FILE,
+    DRY_RUN_SUMMARY_FILE,
+    SUMMARY_FILE,
+    build_summary,
+    holds_trained_run,
+    make_output_dir,
+    now,
+    save_config,
+    write_json,
+)
 from jnreg.errors import EnvironmentCheckError
 
 Echo = Callable[[str], None]
@@ -20,6 +30,9 @@ def dry_run(config: TrainConfig, agent: Agent, echo: Echo = print) -> dict[str, 
     """Every check a run makes, no training: packages, backend, tokenizer, config, data, memory."""
     started = now()
     output_dir = make_output_dir(config)
+    # A trained run's summary and config are what `store publish` and `--config` read: keep them.
+    trained = holds_trained_run(output_dir)
+    summary_file, config_file = (DRY_RUN_SUMMARY_FILE, DRY_RUN_CONFIG_FILE) if trained else (SUMMARY_FILE, CONFIG_FILE)
     report = preflight.check_environment(config.quantization)
     for line in report.lines:
         echo(line)
@@ -62,15 +75,16 @@ def dry_run(config: TrainConfig, agent: Agent, echo: Echo = print) -> dict[str, 
         started=started,
         device=report.device,
     )
-    write_json(output_dir / SUMMARY_FILE, summary)
-    save_config(config, output_dir)
+    write_json(output_dir / summary_file, summary)
+    save_config(config, output_dir, config_file)
     if not fits:
         raise EnvironmentCheckError(
             f"check failed: training needs about {estimate['total_bytes'] / preflight.GiB:.1f} GiB, "
             f"more than {gpu} has; "
             "lower --max-seq-length or --train-batch-size, or use --quantization nf4"
         )
-    echo(f"dry run passed; wrote {output_dir / SUMMARY_FILE} and {output_dir / CONFIG_FILE}")
+    kept = f" (kept the trained run's {SUMMARY_FILE} and {CONFIG_FILE})" if trained else ""
+    echo(f"dry run passed; wrote {output_dir / summary_file} and {output_dir / config_file}{kept}")
     return summary
 
 

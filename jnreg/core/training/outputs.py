@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,10 @@ from jnreg.fsutil import atomic_write, dump_json, read_json
 from jnreg.schemas import validate
 
 SUMMARY_FILE = "training_summary.json"
+# Where a dry run reports into a directory a training run wrote, whose own files it must not replace.
+DRY_RUN_SUMMARY_FILE = "dry_run_summary.json"
+DRY_RUN_CONFIG_FILE = "dry_run_config.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 
 
 def now() -> str:
@@ -34,6 +39,20 @@ def make_output_dir(config: TrainConfig) -> Path:
     except OSError as exc:
         raise ConfigError(f"cannot write the output directory {path}: {exc.strerror or exc}") from None
     return path
+
+
+def holds_trained_run(output_dir: Path) -> bool:
+    """Whether ``output_dir`` holds a trained adapter or a training run's summary (an unreadable one counts)."""
+    if (output_dir / ADAPTER_WEIGHTS_FILE).exists():
+        return True
+    path = output_dir / SUMMARY_FILE
+    if not path.exists():
+        return False
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True
+    return not (isinstance(summary, dict) and summary.get("dry_run") is True)
 
 
 def build_summary(
@@ -64,10 +83,10 @@ def build_summary(
     return summary
 
 
-def save_config(config: TrainConfig, output_dir: Path) -> None:
+def save_config(config: TrainConfig, output_dir: Path, name: str = CONFIG_FILE) -> None:
     document = config.to_document()
     validate("train_config", document, "effective config", error=ConfigError)
-    write_json(output_dir / CONFIG_FILE, document)
+    write_json(output_dir / name, document)
 
 
 def record_base_model(output_dir: Path, base_model: str) -> None:

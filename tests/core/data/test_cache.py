@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -230,6 +233,93 @@ def test_old_entries_are_pruned(tmp_path, cache, builtin_agents, tokenizer, monk
     assert len(list(cache.iterdir())) == 2
     assert prepare_data(config_for(agent, tmp_path, seed=3), agent, tokenizer).cache_hit
     assert not prepare_data(config_for(agent, tmp_path, seed=1), agent, tokenizer).cache_hit
+
+
+def test_an_entry_held_here_is_kept_until_it_is_dropped(tmp_path, cache, builtin_agents, tokenizer, monkeypatch):
+    monkeypatch.setattr(datacache, "KEEP", 2)
+    agent = builtin_agents.get("synthesizer")
+    write_rows(tmp_path / "rows.jsonl")
+    held = prepare_data(config_for(agent, tmp_path, seed=1), agent, tokenizer)
+    key = held.train.path.parent.name
+    for seed in (2, 3, 4):
+        prepare_data(config_for(agent, tmp_path, seed=seed), agent, tokenizer)
+    assert key in {p.name for p in cache.iterdir()} and held.eval_rows is not None and held.eval_rows.is_file()
+    assert len(held.train.rows) == len(held.train)
+    del held
+    prepare_data(config_for(agent, tmp_path, seed=5), agent, tokenizer)
+    assert key not in {p.name for p in cache.iterdir()} and len(list(cache.iterdir())) == 2
+
+
+# One run's data step, in a process of its own: "hold" prepares seed N, prints the entry's key and
+# what it read, waits for a line, reads its files again and prints that, then waits to be killed;
+# "churn" prepares each seed given, as other runs sharing the cache would.
+RUN = """
+import hashlib, sys
+import pyarrow as pa
+from jnreg.core.data.prepare import prepare_data
+from jnreg.core.host.plugins import Host
+from jnreg.core.models.loading import load_tokenizer
+from jnreg.core.training.config import build_config
+from jnreg.plugins import synthesizer
+
+rows, mode, seeds = sys.argv[1], sys.argv[2], [int(s) for s in sys.argv[3].split(",")]
+host = Host(autoload=False)
+host.register(synthesizer, name="synthesizer")
+agent, tokenizer = host.get("synthesizer"), load_tokenizer("jnreg:tiny-mistral")
+
+def prepared(seed):
+    settings = {"base_model": "jnreg:tiny-mistral", "train_files": [rows], "on_bad_row": "skip",
+                "max_seq_length": 300, "eval_fraction": 0.2, "seed": seed}
+    return prepare_data(build_config(agent.spec, {}, settings), agent, tokenizer)
+
+def read(held):
+    text = held.eval_rows.read_bytes()
+    with pa.OSFile(str(held.train.path)) as source:
+        train = pa.ipc.open_stream(source).read_all().num_rows
+    return f"{hashlib.sha256(text).hexdigest()} {len(text.splitlines())} {train}"
+
+if mode == "churn":
+    for seed in seeds:
+        prepared(seed)
+else:
+    held = prepared(seeds[0])
+    print(held.train.path.parent.name, read(held), flush=True)
+    sys.stdin.readline()
+    print(read(held), flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_an_entry_in_use_outlives_other_runs_filling_the_cache(tmp_path, cache):
+    """A run's entry stays while it runs, however many entries other processes add; its end frees it."""
+    write_rows(tmp_path / "rows.jsonl")
+    env = {**os.environ, "JNREG_DATA_CACHE": str(cache), "JNREG_DATA_WORKERS": "1"}
+
+    def run(mode: str, seeds: str, **kwargs):
+        argv = [sys.executable, "-c", RUN, str(tmp_path / "rows.jsonl"), mode, seeds]
+        if mode == "hold":
+            return subprocess.Popen(argv, env=env, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, **kwargs)
+        done = subprocess.run(argv, env=env, text=True, capture_output=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return {p.name for p in cache.iterdir()}
+
+    holder = run("hold", "0")
+    try:
+        key, *before = holder.stdout.readline().split()
+        assert before and int(before[1]) > 0, "the holding run did not start"
+        names = run("churn", ",".join(str(seed) for seed in range(1, datacache.KEEP + 2)))
+        assert key in names and len(names) == datacache.KEEP + 1  # the 8 newest, and the one in use
+        holder.stdin.write("again\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().split() == before  # the same files, whole
+        holder.kill()  # a run that dies holds nothing
+        holder.wait(timeout=60)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(timeout=60)
+    names = run("churn", str(datacache.KEEP + 2))
+    assert key not in names and len(names) == datacache.KEEP
 
 
 def test_dataset_rows_and_eval_files_hit_and_miss_by_content(tmp_path, cache, builtin_agents, tokenizer):

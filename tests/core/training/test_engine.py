@@ -172,6 +172,27 @@ def test_dry_run_with_ten_samples_from_the_console_script(tmp_path):
     assert not (out / "adapter_model.safetensors").exists()
 
 
+def test_a_dry_run_into_a_trained_run_keeps_its_outputs_and_publish_stores_the_training(trained, tmp_path):
+    import shutil
+
+    from jnreg.registry.store import ModelStore
+
+    agent, output, summary = trained
+    run = shutil.copytree(output, tmp_path / "adapter")
+    before = {name: (run / name).read_bytes() for name in ("training_summary.json", "jnreg_config.json")}
+    lines: list[str] = []
+    dry_run(config_for(agent, run, learning_rate=0.01), agent, echo=lines.append)
+    assert {name: (run / name).read_bytes() for name in before} == before
+    report = json.loads((run / "dry_run_summary.json").read_text())
+    assert report["dry_run"] is True and schema_errors("training_summary", report) == []
+    assert json.loads((run / "dry_run_config.json").read_text())["learning_rate"] == 0.01
+    assert "kept the trained run's training_summary.json" in lines[-1]
+    stored = ModelStore(tmp_path / "store").publish("synthesizer", run, version="v1")
+    published = json.loads((stored.path / "training_summary.json").read_text())
+    assert published["dry_run"] is False and published["metrics"] == summary["metrics"]
+    assert not (stored.path / "dry_run_summary.json").exists()
+
+
 def test_saved_config_reruns_the_same_settings(builtin_agents, tmp_path):
     runner = CliRunner()
     first = tmp_path / "first"
