@@ -10,7 +10,6 @@ import pytest
 
 from jnreg.errors import IntegrityError, StoreError, StoreNotFound
 from jnreg.registry import ModelStore
-from jnreg.registry.object_store import ObjectModelStore
 from jnreg.serve import names
 from jnreg.serve.copies import served_copy, verify_copy
 from tests.registry_helpers import make_adapter
@@ -107,8 +106,8 @@ def test_adapter_ids_come_from_digests():
     assert names.adapter_id("0" * 64) == 1 and names.adapter_id(second) != names.adapter_id("cd" * 32)
 
 
-class CountingStore(ObjectModelStore):
-    """An object store that counts how often a version's files are fetched."""
+class CountingStore(ModelStore):
+    """A store that counts how often a version's files are fetched (downloaded, on an object store)."""
 
     fetches = 0
 
@@ -140,13 +139,12 @@ def test_an_object_store_version_is_downloaded_once_however_many_ask_at_once(s3_
 
 
 def test_a_corrupt_object_is_refused(s3_root, tmp_path, copies):
-    from jnreg.registry.objects import Bucket
+    from jnreg.registry.storage.bucket import Bucket
+    from jnreg.registry.storage.object_layout import version_key
 
     store = ModelStore(s3_root)
     result = _published(store, tmp_path)
-    bucket = Bucket(s3_root)
-    key = f"synthesizer/versions/{result.version}/adapter_model.safetensors"
-    bucket.put(key, b"not the weights")
+    Bucket(s3_root).put(version_key("synthesizer", result.version, "adapter_model.safetensors"), b"not the weights")
     with pytest.raises(IntegrityError):
         served_copy(store, "synthesizer", result.version)
     assert not (copies / result.digest).exists()
