@@ -12,6 +12,7 @@ import socket
 import stat
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -241,3 +242,17 @@ def remove_tree(path: Path) -> None:
         if not mode & stat.S_IWUSR:
             os.chmod(dirpath, 0o755)
     shutil.rmtree(path)
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (links not followed)."""
+    total = 0
+    for folder, _dirs, files in os.walk(path):
+        for name in files:
+            with suppress(OSError):
+                total += os.lstat(os.path.join(folder, name)).st_size
+    return total
+
+
+def megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size} bytes"

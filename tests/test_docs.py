@@ -143,6 +143,8 @@ def after_quick_start(tmp_path_factory) -> Path:
     done, _ = run_block(block, work, user_env())
     assert done.returncode == 0, report(block, done)
     assert "published synthesizer v" in done.stdout
+    page = (work / "synthesizer.html").read_text(encoding="utf-8")  # the quick start ends with the version's page
+    assert "<svg" in page and "synthesizer" in page
     return work
 
 
@@ -170,7 +172,8 @@ def test_the_readme_keeps_its_two_set_up_commands():
     install = (
         "python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -e . && "
         "jnreg --store-root ./model_store train synthesizer --model_name_or_path jnreg:tiny-mistral --publish && "
-        "jnreg --store-root ./model_store store resolve synthesizer"
+        "jnreg --store-root ./model_store store resolve synthesizer && "
+        "jnreg --store-root ./model_store report synthesizer --out synthesizer.html"
     )
     tests = (
         "<!-- test-command -->\n```bash\npython3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 "

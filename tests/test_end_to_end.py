@@ -95,3 +95,21 @@ def test_generate_answers_through_the_serving_template(published, builtin_agents
     assert result["agent"] == "synthesizer" and result["version"].startswith("v")
     assert 0 < result["new_tokens"] <= 8 and isinstance(result["text"], str)
     assert result["prompt_tokens"] > 20  # the system prompt went in
+
+
+def test_main_job_ends_with_the_version_page(published, tmp_path):
+    """The quick start's last step: the page of the version it published, beside it and where --out says."""
+    resolution = json.loads(
+        run_jnreg("--store-root", str(published), "store", "resolve", "synthesizer", "--json").stdout
+    )
+    version = resolution["version"]
+    beside = published / "synthesizer" / "reports" / f"{version}.html"
+    assert beside.is_file()  # train --publish wrote it
+    adapter = Path(resolution["adapter_path"])
+    assert (adapter / "training_log.json").is_file() and (adapter / "jnreg_config.json").is_file()
+    out = tmp_path / "synthesizer.html"
+    done = run_jnreg("--store-root", str(published), "report", "synthesizer", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert f"report of synthesizer {version}: {beside} and {out}" in done.stdout
+    page = out.read_text()
+    assert 'data-chart="loss"' in page and resolution["digest"] in page

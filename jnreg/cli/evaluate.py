@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from jnreg.cli.base import echo_json, open_store
+from jnreg.cli.report import refresh_page
 from jnreg.cli.train import MultiValueCommand
 from jnreg.errors import DataError
 from jnreg.names import EVAL_ROWS_FILE
@@ -116,7 +117,9 @@ def evaluate_version(
         "metrics": result.metrics,
         "details": result.details,
     }
-    return store.record_evaluation(agent, version, record, result.rows), result.rows
+    document = store.record_evaluation(agent, version, record, result.rows)
+    refresh_page(store, agent, version, lambda line: click.echo(line, err=True))
+    return document, result.rows
 
 
 def _fmt(value: Any) -> str:
@@ -216,6 +219,7 @@ def eval_(
             click.echo(f"  {name:<28} {_fmt(doc_a['metrics'].get(name))}")
         click.echo(f"rows: {rows_path}")
         click.echo(f"recorded as evaluation {doc_a['id']} of {agent} {first}")
+        click.echo(f"page: {store.report_location(agent, first)}")
         return
     # The second version answers exactly the rows the first one did.
     same_rows = eval_files or (str(store.resolve(agent, first).adapter_path / EVAL_ROWS_FILE),)

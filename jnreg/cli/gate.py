@@ -66,13 +66,22 @@ def gated_promote(store: Any, agent: str, version: str, requirements: Sequence[A
 def gated_publish(
     store: Any, agent: str, directory: Any, requirements: Sequence[Any], echo: Echo, *, promote: bool = True, **options
 ) -> Any:
-    """Publish; with requirements, the version is stored out of service, checked, and promoted only if it passes."""
+    """Publish; with requirements, the version is stored out of service, checked, and promoted only if it passes.
+
+    The version's page is written beside it either way, so a version kept out of service shows why.
+    """
+    from jnreg.cli.report import refresh_page
+
     if not requirements or not promote:
-        return store.publish(agent, directory, promote=promote, **options)
+        result = store.publish(agent, directory, promote=promote, **options)
+        refresh_page(store, agent, result.version, echo)
+        return result
     result = store.publish(agent, directory, promote=False, **options)
     try:
         check_requirements(store, agent, result.version, requirements, echo)
     except JnregError as exc:
+        refresh_page(store, agent, result.version, echo)
         raise GateError(f"published {agent} {result.version} but did not put it in service: {exc}") from None
     store.promote(agent, result.version)
+    refresh_page(store, agent, result.version, echo)
     return dataclasses.replace(result, promoted=True)

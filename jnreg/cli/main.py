@@ -19,6 +19,7 @@ COMMANDS = {
     "eval": "jnreg.cli.evaluate:eval_",
     "export": "jnreg.cli.export:export",
     "serve": "jnreg.cli.serve:serve",
+    "report": "jnreg.cli.report:report",
 }
 
 

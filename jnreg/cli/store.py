@@ -9,7 +9,8 @@ from typing import Any
 import click
 
 from jnreg.cli.base import StoreRoot, echo_json, open_store, progress_echo, settings
-from jnreg.errors import ConfigError, IntegrityError, StoreError
+from jnreg.cli.report import refresh_page, store_report
+from jnreg.errors import ConfigError, IntegrityError, StoreError, StoreNotFound
 
 
 def _version_row(manifest: dict[str, Any], current: str | None) -> dict[str, Any]:
@@ -66,6 +67,9 @@ def store() -> None:
     """The ModelStore: published adapters, the version each agent serves, and AGENT_MODEL_MAP.json."""
 
 
+store.add_command(store_report)
+
+
 @store.command("publish")
 @click.argument("agent")
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
@@ -118,6 +122,7 @@ def publish(
         return
     state = "in service" if result.promoted else "not promoted"
     click.echo(f"published {agent} {result.version} ({result.digest[:12]}, {state}) at {result.path}")
+    click.echo(f"page: {model_store.report_location(agent, result.version)}")
 
 
 @store.command("list")
@@ -202,14 +207,45 @@ def show(ctx: click.Context, agent: str, version: str | None, as_json: bool) -> 
         click.echo(f"      {_metrics_line(document)}")
 
 
+AT_HELP = "A past moment: ISO 8601 (2026-11-25T12:00:00Z; no zone is UTC), or a version, meaning its publish time."
+
+
+def _moment(entries: list[dict[str, Any]], agent: str, text: str) -> Any:
+    """The time ``--at`` names: a version's publish time, else an ISO 8601 time."""
+    from jnreg.registry import journal
+
+    published = journal.published_at(entries, agent, text)
+    return journal.parse_time(published or text)
+
+
+def _in_service_at(model_store: Any, agent: str, text: str) -> tuple[str | None, list[dict[str, Any]]]:
+    """(the version in service at ``--at``, or None; the journal up to then)."""
+    from jnreg.registry import journal
+
+    model_store.require_agent(agent)
+    entries = model_store.history(agent)
+    moment = _moment(entries, agent, text)
+    return journal.in_service_at(entries, agent, moment), journal.until(entries, agent, moment)
+
+
 @store.command("resolve")
 @click.argument("agent")
 @click.option("--version", help="Version [default: the one in service].")
+@click.option("--at", "at", metavar="TIME", help="The version in service at TIME, from the journal. " + AT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def resolve(ctx: click.Context, agent: str, version: str | None, as_json: bool) -> None:
+def resolve(ctx: click.Context, agent: str, version: str | None, at: str | None, as_json: bool) -> None:
     """Print AGENT's base model, version, absolute adapter path and digest."""
-    found = open_store(ctx).resolve(agent, version)
+    model_store = open_store(ctx)
+    if at is not None:
+        if version is not None:
+            raise ConfigError("give --version or --at, not both")
+        version, _ = _in_service_at(model_store, agent, at)
+        if version is None:
+            raise StoreNotFound(f"no version of {agent} was in service at {at}")
+        if version not in model_store.version_labels(agent):
+            raise StoreNotFound(f"{agent} {version} was in service at {at} but has since been removed (gc)")
+    found = model_store.resolve(agent, version)
     row = {
         "agent": found.agent,
         "version": found.version,
@@ -226,6 +262,13 @@ def resolve(ctx: click.Context, agent: str, version: str | None, as_json: bool) 
         click.echo(f"{key}: {value}")
 
 
+def _refresh_pages(model_store: Any, agent: str, entry: dict[str, Any], echo: Any) -> None:
+    """The pages of the versions a promote or rollback moved service between, which show it."""
+    for version in dict.fromkeys(v for v in (entry["current"], entry["previous"]) if v):
+        if model_store.read_report(agent, version) is not None:
+            refresh_page(model_store, agent, version, echo)
+
+
 @store.command("promote")
 @click.argument("agent")
 @click.argument("version")
@@ -237,7 +280,10 @@ def promote(ctx: click.Context, agent: str, version: str, require: tuple[str, ..
     from jnreg.cli.gate import gated_promote, requirements_for
 
     requirements = requirements_for(agent, require)
-    entry = gated_promote(open_store(ctx), agent, version, requirements, progress_echo(as_json))
+    model_store = open_store(ctx)
+    entry = gated_promote(model_store, agent, version, requirements, progress_echo(as_json))
+    if entry is not None:
+        _refresh_pages(model_store, agent, entry, progress_echo(as_json))
     if as_json:
         echo_json({"agent": agent, "current": version, "previous": entry["previous"] if entry else version})
     elif entry is None:
@@ -252,7 +298,9 @@ def promote(ctx: click.Context, agent: str, version: str, require: tuple[str, ..
 @click.pass_context
 def rollback(ctx: click.Context, agent: str, as_json: bool) -> None:
     """Put back the version AGENT served before the current one."""
-    entry = open_store(ctx).rollback(agent)
+    model_store = open_store(ctx)
+    entry = model_store.rollback(agent)
+    _refresh_pages(model_store, agent, entry, progress_echo(as_json))
     if as_json:
         echo_json({"agent": agent, "current": entry["version"], "previous": entry["previous"]})
     else:
@@ -327,17 +375,28 @@ def gc(ctx: click.Context, agent: str, keep: int, dry_run: bool, as_json: bool) 
 @store.command("history")
 @click.argument("agent")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the newest N entries.")
+@click.option(
+    "--at", "at", metavar="TIME", help="Only the journal up to TIME, and the version in service then. " + AT_HELP
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def history(ctx: click.Context, agent: str, limit: int | None, as_json: bool) -> None:
+def history(ctx: click.Context, agent: str, limit: int | None, at: str | None, as_json: bool) -> None:
     """Show AGENT's journal: every publish, promote, rollback and gc removal (oldest first)."""
-    entries = open_store(ctx).history(agent, limit=limit)
+    model_store = open_store(ctx)
+    in_service = None
+    if at is None:
+        entries = model_store.history(agent, limit=limit)
+    else:
+        in_service, entries = _in_service_at(model_store, agent, at)
+        entries = entries[-limit:] if limit else entries
     if as_json:
-        echo_json({"agent": agent, "entries": entries})
+        echo_json({"agent": agent, "entries": entries, **({"at": at, "in_service": in_service} if at else {})})
         return
     for entry in entries:
         moved = f"  current {entry['previous'] or '-'} -> {entry['current'] or '-'}"
         click.echo(f"{entry['when']}  {entry['action']:<8} {entry['version']}{moved}  by {entry['who']}")
+    if at is not None:
+        click.echo(f"in service at {at}: {agent} {in_service or '(none)'}")
 
 
 @store.command("pull")

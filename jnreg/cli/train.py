@@ -13,7 +13,7 @@ from jnreg.errors import ConfigError
 
 # Options that take several values after one flag, as the guide writes them
 # (``--train-files data/*.jsonl`` after the shell expands the glob).
-MULTI_VALUE = ("--train-files", "--eval-files")
+MULTI_VALUE = ("--train-files", "--eval-files", "--report-to")
 
 
 class MultiValueCommand(click.Command):
@@ -90,7 +90,12 @@ def _choice(*values: str) -> click.Choice:
 @click.option("--save-total-limit", type=int, help="Checkpoints kept.")
 @click.option("--eval-steps", type=int, help="Evaluate every N steps [each epoch].")
 @click.option("--early-stopping-patience", type=int, help="Stop after N evaluations without a lower eval loss.")
-@click.option("--report-to", type=_choice("none", "tensorboard"), help="Also log to TensorBoard.")
+@click.option(
+    "--report-to",
+    multiple=True,
+    type=_choice("none", "tensorboard", "mlflow", "wandb", "trackio"),
+    help="Also log to these trackers (several allowed; each is an extra: pip install 'jnreg[mlflow]').",
+)
 @click.option("--resume", is_flag=True, default=None, help="Continue from the last checkpoint in the output dir.")
 @click.option(
     "--dry-run", is_flag=True, default=None, help="Check packages, device, model, data and memory; no training."
@@ -254,6 +259,7 @@ def _publish(store: Any, config: Any, echo: Any, requirements: list[Any]) -> dic
         version=config.adapter_version,
     )
     echo(f"published {config.agent} {result.version} ({result.digest[:12]}) to {result.path}")
+    echo(f"page: {store.report_location(config.agent, result.version)}")
     return {
         "published": {
             "agent": config.agent,

@@ -11,7 +11,7 @@ from typing import Any
 
 from jnreg.errors import IntegrityError, StoreError
 from jnreg.fsutil import read_json
-from jnreg.names import EVAL_ROWS_FILE
+from jnreg.names import CONFIG_FILE, EVAL_ROWS_FILE, TRAINING_LOG_FILE
 from jnreg.registry.no_secrets import refuse_secrets
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -28,8 +28,17 @@ TOKENIZER_FILES = (
     "vocab.json",
     "merges.txt",
 )
-# Everything a loader needs and nothing else: no checkpoints, optimizer state or pickles.
-COPIED_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CARD, EVAL_ROWS_FILE, *TOKENIZER_FILES)
+# Everything a loader needs, and how the version was made (its config and per-step log); no checkpoints,
+# optimizer state or pickles.
+COPIED_FILES = (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    MODEL_CARD,
+    EVAL_ROWS_FILE,
+    TRAINING_LOG_FILE,
+    CONFIG_FILE,
+    *TOKENIZER_FILES,
+)
 BINARY_FILES = frozenset({ADAPTER_WEIGHTS, "tokenizer.model"})
 LORA_TYPES = frozenset({"LORA", "ADALORA"})
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024

@@ -195,3 +195,30 @@ def rollback_target(entries: list[dict[str, Any]], agent: str) -> str | None:
     """The version a rollback returns to: the top of the agent's undo stack of earlier versions in service."""
     stack = undo_stack(entries, agent)
     return stack[-1] if stack else None
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time as the journal compares it: in UTC, a time without a zone taken as UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise StoreError(
+            f"{text!r} is neither an ISO 8601 time (2026-11-25T12:00:00Z) nor a published version"
+        ) from None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def published_at(entries: list[dict[str, Any]], agent: str, version: str) -> str | None:
+    """When ``version`` of ``agent`` was published, from its journal entry."""
+    found = [e["when"] for e in for_agent(entries, agent) if e["action"] == "publish" and e["version"] == version]
+    return found[0] if found else None
+
+
+def until(entries: list[dict[str, Any]], agent: str, moment: datetime) -> list[dict[str, Any]]:
+    """The agent's entries made at or before ``moment``."""
+    return [e for e in for_agent(entries, agent) if parse_time(e["when"]) <= moment]
+
+
+def in_service_at(entries: list[dict[str, Any]], agent: str, moment: datetime) -> str | None:
+    """The version in service for ``agent`` at ``moment``, as the journal tells it."""
+    return in_service(until(entries, agent, moment), agent)

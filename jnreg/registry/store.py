@@ -9,14 +9,12 @@ version the map points at. How each storage keeps them safe is in ``registry/sto
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from jnreg import __version__
 from jnreg.errors import IntegrityError, StoreConflict, StoreError, StoreNotFound
 from jnreg.fsutil import sha256_file
 from jnreg.names import check_adapter_name, check_agent, check_version, is_label
@@ -32,11 +30,11 @@ from jnreg.registry.manifests import (
     seal,
     stored_summary,
 )
+from jnreg.registry.records import VersionRecords
 from jnreg.registry.results import GcResult, PublishResult, Recovery, Resolution, VerifyReport
 from jnreg.registry.storage import open_storage
 from jnreg.registry.storage.base import REPAIR, VERSIONS, Change, Draft, ServiceState, Storage
 from jnreg.registry.storage.local import LocalStorage
-from jnreg.schemas import validate
 
 __all__ = [
     "MANIFEST",
@@ -53,7 +51,7 @@ __all__ = [
 DEFAULT_ROOT = Path("model_store")
 
 
-class ModelStore:
+class ModelStore(VersionRecords):
     """Published adapters per agent, the `current` pointer of each, the journal and the agent map.
 
     ``root`` is a local directory, or ``s3://bucket/prefix`` for object storage (default: $MODEL_STORE_ROOT,
@@ -527,48 +525,3 @@ class ModelStore:
             return Change(entry, manifest)
 
         return decide
-
-    # Evaluations: kept beside a version, never inside it, so the version and its digest never change ---------
-
-    def record_evaluation(
-        self, agent: str, version: str, record: dict[str, Any], rows: list[dict[str, Any]]
-    ) -> dict[str, Any]:
-        """Keep an evaluation of a published version: its rows file, then its record (which makes it count)."""
-        manifest = self.manifest(agent, version)
-        if record.get("digest") != manifest["digest"]:
-            raise IntegrityError(f"the evaluation is of digest {record.get('digest')}, not of {agent} {version}")
-        eval_id = datetime.now(timezone.utc).strftime("e%Y%m%dT%H%M%SZ-") + os.urandom(4).hex()
-        document = {
-            **record,
-            "id": eval_id,
-            "agent": agent,
-            "version": version,
-            "created_at": journal.now(),
-            "created_by": journal.who(),
-            "rows_file": f"{eval_id}.rows.jsonl",
-            "jnreg_version": __version__,
-        }
-        validate("evaluation", document, f"evaluation of {agent} {version}", error=StoreError)
-        for row in rows:
-            validate("eval_row", row, f"evaluation row {row.get('index')} of {agent} {version}", error=StoreError)
-        text = "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows)
-        self.storage.write_evaluation(agent, version, document, text.encode("utf-8"))
-        return document
-
-    def evaluation_location(self, agent: str, version: str, name: str) -> str:
-        """Where the evaluation file ``name`` of the version is kept, for people to read."""
-        return self.storage.evaluation_location(agent, version, name)
-
-    def evaluations(self, agent: str, version: str) -> list[dict[str, Any]]:
-        """The validated evaluations recorded for ``agent`` ``version``, oldest first."""
-        found = []
-        for where, stem, data in self.storage.evaluation_documents(agent, version):
-            try:
-                document = json.loads(data)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise IntegrityError(f"evaluation {where} is not valid JSON: {exc}") from None
-            validate("evaluation", document, f"evaluation {where}")
-            if document["agent"] != agent or document["version"] != version or stem != document["id"]:
-                raise IntegrityError(f"evaluation {where} is of {document['agent']} {document['version']}")
-            found.append(document)
-        return sorted(found, key=lambda d: (d["created_at"], d["id"]))

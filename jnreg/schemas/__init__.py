@@ -27,6 +27,7 @@ SCHEMA_NAMES = (
     "evaluation",
     "eval_row",
     "data_cache",
+    "training_log",
 )
 
 

@@ -14,6 +14,7 @@ from jnreg.registry import ModelStore
 from jnreg.registry.journal import read_entries
 from jnreg.schemas import SCHEMA_NAMES, SchemaProblem, checker, errors, load_schema, validate
 from tests.registry_helpers import make_adapter, summary_for
+from tests.report_helpers import training_log
 
 ODD_VALUES = [None, True, 0, -1, 1.5, "", "x", "not..a..label", [], [1], {}, {"x": 1}]
 
@@ -68,6 +69,7 @@ def documents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Any]]:
         ],
         "evaluation": [evaluation],
         "eval_row": [row],
+        "training_log": [training_log("critic", 6, eval_every=3)],
     }  # fmt: skip
 
 

@@ -46,8 +46,32 @@ class PreparedData:
             "length_p50": data_mod.percentile(lengths, 50),
             "length_p95": data_mod.percentile(lengths, 95),
             "length_max": max(lengths),
+            "length_histogram": histogram(lengths),
             "skipped": self.checked.skipped[:50],
         }
+
+
+def histogram(lengths: list[int], bins: int = 20) -> dict[str, list[int]]:
+    """Row lengths in tokens counted in equal-width bins: ``edges`` has one more entry than ``counts``."""
+    low, high = min(lengths), max(lengths)
+    width = max(1, -(-(high - low + 1) // bins))
+    edges = list(range(low, high + width + 1, width))
+    counts = [0] * (len(edges) - 1)
+    for length in lengths:
+        counts[(length - low) // width] += 1
+    return {"edges": edges, "counts": counts}
+
+
+def data_files(config: TrainConfig, agent: Agent) -> list[dict[str, str]]:
+    """Each data file the rows came from, with its sha256; empty for a dataset or a plugin's loader."""
+    from jnreg.fsutil import sha256_file
+
+    groups = source_files(config, agent) or []
+    return [
+        {"role": role, "path": str(path), "sha256": sha256_file(path)}
+        for role, group in zip(("train", "eval"), groups, strict=False)
+        for path in group
+    ]
 
 
 def describe_source(config: TrainConfig, agent: Agent) -> str:

@@ -9,10 +9,10 @@ from typing import Any
 
 from jnreg.core.host.spec import AgentSpec, DataOptions, Hyperparameters
 from jnreg.errors import ConfigError
+from jnreg.names import CONFIG_FILE as CONFIG_FILE  # where the run's config is saved; named with the others
 from jnreg.names import is_label
 from jnreg.schemas import errors as schema_errors
 
-CONFIG_FILE = "jnreg_config.json"
 CONFIG_SCHEMA_VERSION = 1
 # Settings that say what to do with a run rather than how to train; never saved for a rerun.
 ACTIONS = ("dry_run", "resume", "publish", "adapter_version", "store_root", "builtin_settings")
@@ -71,7 +71,9 @@ class TrainConfig(Hyperparameters):
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept."})
     eval_steps: int | None = field(default=None, metadata={"help": "Evaluate every N steps (default: each epoch)."})
     early_stopping_patience: int | None = field(default=None, metadata={"help": "Stop after N evals without gain."})
-    report_to: str = field(default="none", metadata={"help": "none or tensorboard."})
+    report_to: str = field(
+        default="none", metadata={"help": "none, or trackers: tensorboard, mlflow, wandb, trackio (comma-separated)."}
+    )
     processes: int = field(default=1, metadata={"help": "Data-parallel training processes (one per GPU)."})
     dry_run: bool = field(default=False, metadata={"help": "Check everything, train nothing."})
     resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint."})
@@ -89,6 +91,12 @@ class TrainConfig(Hyperparameters):
                 value = value.split(",") if name == "target_modules" else [value]
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
+        if isinstance(self.report_to, (list, tuple)):
+            object.__setattr__(self, "report_to", ",".join(self.report_to) or "none")
+        if isinstance(self.report_to, str):
+            # "none" among trackers means no tracker; each tracker once, in the order given.
+            named = [t for t in dict.fromkeys(self.report_to.lower().replace(" ", "").split(",")) if t]
+            object.__setattr__(self, "report_to", ",".join(t for t in named if t != "none") or "none")
         # Types and ranges first, so a config file's "epochs": "three" gets a message, not a TypeError.
         problems = schema_errors("train_config", self.to_document())
         if problems:
@@ -121,6 +129,11 @@ class TrainConfig(Hyperparameters):
     @property
     def eval_options(self) -> DataOptions:
         return replace(self.data_options, train_files=self.eval_files, dataset_name=None, max_samples=None)
+
+    @property
+    def trackers(self) -> tuple[str, ...]:
+        """The trackers the Trainer logs to besides jnreg's own log."""
+        return () if self.report_to == "none" else tuple(self.report_to.split(","))
 
     @property
     def global_batch_size(self) -> int:

@@ -29,6 +29,7 @@ Echo = Callable[[str], None]
 def dry_run(config: TrainConfig, agent: Agent, echo: Echo = print) -> dict[str, Any]:
     """Every check a run makes, no training: packages, backend, tokenizer, config, data, memory."""
     started = now()
+    preflight.check_trackers(config.trackers)
     output_dir = make_output_dir(config)
     # A trained run's summary and config are what `store publish` and `--config` read: keep them.
     trained = holds_trained_run(output_dir)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jnreg.core.data.prepare import PreparedData, prepare_data
+from jnreg.core.data.prepare import PreparedData, data_files, prepare_data
 from jnreg.core.host.plugins import Agent
 from jnreg.core.models.loading import (
     hub_token,
@@ -30,6 +30,7 @@ from jnreg.core.training.outputs import (
     write_json,
 )
 from jnreg.errors import ConfigError, first_line
+from jnreg.names import TRAINING_LOG_FILE
 
 Echo = Callable[[str], None]
 
@@ -64,6 +65,7 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
     # One of several data-parallel processes: each holds a replica; only the main one writes or prints.
     config, echo = launch.in_this_world(config), launch.main_only(echo)
     launch.bind_device()
+    preflight.check_trackers(config.trackers)
     output_dir = make_output_dir(config) if launch.is_main() else Path(config.output_dir)
     report = preflight.check_environment(config.quantization)
     report.raise_if_failed()
@@ -156,7 +158,7 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
         greater_is_better=False,
         seed=config.seed,
         data_seed=config.seed,
-        report_to=[] if config.report_to == "none" else [config.report_to],
+        report_to=list(config.trackers),
         gradient_checkpointing=recompute,
         gradient_checkpointing_kwargs=checkpointing if recompute else None,
         bf16=use_cuda and torch.cuda.is_bf16_supported(),
@@ -175,6 +177,10 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
     extra = list(callbacks)
     if has_eval and config.early_stopping_patience is not None:
         extra.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    if config.trackers:
+        from jnreg.core.training.trackers import TrackerConfig
+
+        extra.append(TrackerConfig(config.to_document(), config.trackers))
     trainer = (PackedSFTTrainer if pack else SFTTrainer)(
         model=model,
         args=args,
@@ -226,9 +232,12 @@ def train(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
     """Train the adapter and write it, the tokenizer, the summary and the effective config."""
     import torch
 
+    from jnreg.core.training.steplog import StepLog
+
     started = now()
     config, echo = launch.in_this_world(config), launch.main_only(echo)
-    ready = setup(config, agent, echo=echo, callbacks=callbacks)
+    steps = StepLog()
+    ready = setup(config, agent, echo=echo, callbacks=[*callbacks, steps])
     trainer, prepared, tokenizer, resume_from = ready.trainer, ready.prepared, ready.tokenizer, ready.resume_from
     output_dir = Path(config.output_dir)
     has_eval = prepared.eval is not None
@@ -256,8 +265,9 @@ def train(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
         "steps": int(result.global_step),
         "input_tokens": int(tokens_this_run),
     }
+    dataset = {**prepared.stats(), "files": data_files(config, agent)}
     summary = build_summary(
-        config, dry_run=False, dataset=prepared.stats(), metrics=metrics, started=started, device=ready.device
+        config, dry_run=False, dataset=dataset, metrics=metrics, started=started, device=ready.device
     )
     if launch.is_main():
         trainer.model.save_pretrained(str(output_dir), safe_serialization=True)
@@ -265,6 +275,7 @@ def train(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
         tokenizer.save_pretrained(str(output_dir))
         _save_eval_rows(output_dir, prepared)
         write_json(output_dir / SUMMARY_FILE, summary)
+        write_json(output_dir / TRAINING_LOG_FILE, steps.document(config.agent, config.logging_steps))
         save_config(config, output_dir)
     echo(
         f"trained {metrics['steps']} steps in {runtime:.1f}s; train loss {metrics['train_loss']:.4f}"

@@ -58,7 +58,7 @@ def holds_trained_run(output_dir: Path) -> bool:
 def build_summary(
     config: TrainConfig, *, dry_run: bool, dataset: dict[str, Any], metrics: dict[str, Any], started: str, device: str
 ) -> dict[str, Any]:
-    dataset = {k: v for k, v in dataset.items() if not k.startswith("length_")}
+    dataset = {k: v for k, v in dataset.items() if not k.startswith("length_") or k == "length_histogram"}
     summary = {
         "schema_version": 1,
         "agent": config.agent,

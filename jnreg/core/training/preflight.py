@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-from jnreg.errors import EnvironmentCheckError, first_line
+from jnreg.errors import ConfigError, EnvironmentCheckError, first_line
 
 # The libraries whose versions the checks compare with jnreg's own requirements in pyproject.toml.
 CHECKED = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "safetensors")
@@ -29,6 +29,25 @@ def _required() -> dict[str, Any]:
         if requirement.name in CHECKED and requirement.marker is None:
             found[requirement.name] = requirement.specifier
     return found
+
+
+# Each tracker --report-to takes, the module the Trainer's integration needs, and jnreg's extra that installs it.
+TRACKERS = {
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "mlflow": ("mlflow", "mlflow"),
+    "wandb": ("wandb", "wandb"),
+    "trackio": ("trackio", "trackio"),
+}
+
+
+def check_trackers(trackers: tuple[str, ...]) -> None:
+    """Refuse, before any work, a tracker whose package is not installed, naming the extra that installs it."""
+    from importlib.util import find_spec
+
+    for tracker in trackers:
+        module, extra = TRACKERS[tracker]
+        if find_spec(module) is None:
+            raise ConfigError(f"--report-to {tracker}: {module} is not installed; pip install 'jnreg[{extra}]'")
 
 
 def library_versions() -> dict[str, str | None]:

@@ -26,6 +26,7 @@ __all__ = ["MANIFEST"]
 VERSIONS = "versions"
 CURRENT = "current"
 EVALUATIONS = "evaluations"  # <agent>/evaluations/<version>/<id>.json and <id>.rows.jsonl, beside the version
+REPORTS = "reports"  # <agent>/reports/<version>.html: the version's page, rewritten whenever it is made again
 REPAIR = " (`jnreg store promote AGENT VERSION` puts a sound version back in service)"
 
 # Fault injection for the crash tests: a write SIGKILLs itself at the named point (each storage names its own).
@@ -234,6 +235,28 @@ class Storage(ABC):
     @abstractmethod
     def evaluation_documents(self, agent: str, version: str) -> list[tuple[str, str, bytes]]:
         """(where, record name without .json, bytes) of every evaluation record of the version."""
+
+    @abstractmethod
+    def read_evaluation_file(self, agent: str, version: str, name: str) -> bytes | None:
+        """The bytes of the evaluation file ``name`` of the version (its rows), or None when there is none."""
+
+    @abstractmethod
+    def read_version_file(self, agent: str, label: str, name: str) -> bytes | None:
+        """The stored bytes of the version's file ``name``, or None when it is missing."""
+
+    # Reports: a version's page beside it, replaced whole each time it is made ---------------------------
+
+    @abstractmethod
+    def report_location(self, agent: str, version: str) -> str:
+        """Where the version's page is kept, for people to open."""
+
+    @abstractmethod
+    def write_report(self, agent: str, version: str, page: bytes) -> None:
+        """Keep ``page`` as the version's page, replacing the one before, whole."""
+
+    @abstractmethod
+    def read_report(self, agent: str, version: str) -> bytes | None:
+        """The version's page, or None when none was written."""
 
     # Writing ---------------------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ Layout under the root::
     <root>/<agent>/current               relative symlink versions/<version>: the version in service
     <root>/<agent>/.lock                 writers of this agent's versions and `current`
     <root>/<agent>/.pending.json         the journal entry of a write in progress (redone or undone after a crash)
+    <root>/<agent>/evaluations/<version>/  its evaluations;  <root>/<agent>/reports/<version>.html  its page
     <root>/journal.jsonl                 one line per publish, promote, rollback and gc removal
     <root>/AGENT_MODEL_MAP.json          the map JustNews loaders read (path overridable)
 
@@ -30,11 +31,13 @@ from jnreg.fsutil import (
     fsync_dir,
     is_stale,
     make_read_only,
+    megabytes,
     owned_name,
     parse_owned,
     read_json,
     remove_tree,
     sha256_file,
+    tree_size,
     write_new_file,
 )
 from jnreg.names import check_agent, check_version, is_agent, is_label
@@ -47,6 +50,7 @@ from jnreg.registry.storage.base import (
     EVALUATIONS,
     MANIFEST,
     REPAIR,
+    REPORTS,
     VERSIONS,
     Decide,
     Draft,
@@ -75,18 +79,16 @@ CRASH_POINTS = (
 )
 
 
-def tree_size(path: Path) -> int:
-    """Bytes of the regular files under ``path`` (links not followed)."""
-    total = 0
-    for folder, _dirs, files in os.walk(path):
-        for name in files:
-            with suppress(OSError):
-                total += os.lstat(os.path.join(folder, name)).st_size
-    return total
+def _unlinked(*paths: Path) -> Path:
+    """The last of ``paths``, once none of them is a symlink: the store never follows links out of its root."""
+    for path in paths:
+        if path.is_symlink():
+            raise IntegrityError(f"{path} is a symlink; the store never follows links out of its root")
+    return paths[-1]
 
 
-def megabytes(size: int) -> str:
-    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size} bytes"
+def _read_or_none(path: Path) -> bytes | None:
+    return path.read_bytes() if path.is_file() and not path.is_symlink() else None
 
 
 class LocalStorage(Storage):
@@ -116,9 +118,7 @@ class LocalStorage(Storage):
 
     def agent_dir(self, agent: str) -> Path:
         path = self.root / check_agent(agent)
-        for part in (path, path / VERSIONS):
-            if part.is_symlink():
-                raise IntegrityError(f"{part} is a symlink; the store never follows links out of its root")
+        _unlinked(path, path / VERSIONS)
         return path
 
     def version_dir(self, agent: str, version: str) -> Path:
@@ -126,10 +126,10 @@ class LocalStorage(Storage):
 
     def evaluations_dir(self, agent: str, version: str) -> Path:
         path = self.agent_dir(agent) / EVALUATIONS / check_version(version)
-        for part in (path.parent, path):
-            if part.is_symlink():
-                raise IntegrityError(f"{part} is a symlink; the store never follows links out of its root")
-        return path
+        return _unlinked(path.parent, path)
+
+    def _report_path(self, agent: str, version: str) -> Path:
+        return _unlinked(self.agent_dir(agent) / REPORTS) / f"{check_version(version)}.html"
 
     # Reading -------------------------------------------------------------------------------------
 
@@ -320,13 +320,27 @@ class LocalStorage(Storage):
             return []
         return [(str(path), path.stem, path.read_bytes()) for path in sorted(directory.glob("e*.json"))]
 
+    def read_evaluation_file(self, agent: str, version: str, name: str) -> bytes | None:
+        return _read_or_none(self.evaluations_dir(agent, version) / name)
+
+    def read_version_file(self, agent: str, label: str, name: str) -> bytes | None:
+        return _read_or_none(self.version_dir(agent, label) / name)
+
+    def report_location(self, agent: str, version: str) -> str:
+        return str(self._report_path(agent, version))
+
+    def write_report(self, agent: str, version: str, page: bytes) -> None:
+        path = self._report_path(agent, version)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, page)
+
+    def read_report(self, agent: str, version: str) -> bytes | None:
+        return _read_or_none(self._report_path(agent, version))
+
     # Writing -------------------------------------------------------------------------------------
 
-    def prepare(self, agent: str) -> None:
-        self._prepare(agent)
-
-    def _prepare(self, agent: str) -> Path:
-        """Create the root and the agent's directories (writers only)."""
+    def prepare(self, agent: str) -> Path:
+        """Create the root and the agent's directories (writers only); the agent's."""
         agent_dir = self.agent_dir(agent)
         try:
             for path in (self.root, agent_dir, agent_dir / VERSIONS):
@@ -365,7 +379,7 @@ class LocalStorage(Storage):
 
         What the recovery did is added to ``done``.
         """
-        agent_dir = self._prepare(agent)
+        agent_dir = self.prepare(agent)
         done = done if done is not None else []
         with ExitStack() as stack:
             stack.enter_context(self.lock(agent_dir / AGENT_LOCK, f"agent {agent!r}"))
@@ -472,7 +486,7 @@ class LocalStorage(Storage):
 
     def publish(self, draft: Draft) -> tuple[str, Path, dict[str, Any]]:
         agent, source = draft.agent, draft.source
-        agent_dir = self._prepare(agent)
+        agent_dir = self.prepare(agent)
         staging = agent_dir / owned_name("staging")
         try:
             os.mkdir(staging)

@@ -1,4 +1,25 @@
-"""Where object storage keeps each thing (the keys), and the local copies loaders read of its versions."""
+"""Where object storage keeps each thing (the keys), and the local copies loaders read of its versions.
+
+Layout under ``s3://bucket/prefix``::
+
+    AGENT_MODEL_MAP.json                    the map; rewritten by compare-and-swap on its ETag (If-Match)
+    <agent>/journal/<seq>.json              one journal entry per write, created only (If-None-Match: *);
+                                            claiming the next number orders every write of the agent
+    <agent>/current                         {"version", "seq"}: moved by compare-and-swap after its record
+    <agent>/service/<seq>.json              what the journal says after record <seq> (the version in service
+                                            and the undo stack), so rollback and gc read one object, not the
+                                            whole journal; created only, and rebuilt from the records when absent
+    <agent>/versions/<label>/claim.json     created only; reserves the label forever, even after gc
+    <agent>/versions/<label>/<file>         the version's files, uploaded after the claim
+    <agent>/versions/<label>/manifest.json  created only, last: the version is visible from here on
+    <agent>/pending/<owner>.json            a publish or gc in progress; the next writer finishes or undoes
+                                            it once its owner is gone
+    <agent>/evaluations/<version>/<id>.json an evaluation, beside the version (its rows in <id>.rows.jsonl)
+    <agent>/reports/<version>.html          the version's page, replaced whole when it is made again
+
+A writer killed at any point leaves no visible half version: a version without its manifest is not a
+version, and the next write on the agent (or ``recover``) removes what the dead writer uploaded.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +46,7 @@ from jnreg.names import check_agent, check_version
 from jnreg.registry import agent_map, journal
 from jnreg.registry.agent_map import MAP_FILE
 from jnreg.registry.no_secrets import refuse_secrets
-from jnreg.registry.storage.base import CURRENT, EVALUATIONS, MANIFEST, VERSIONS
+from jnreg.registry.storage.base import CURRENT, EVALUATIONS, MANIFEST, REPORTS, VERSIONS
 from jnreg.registry.storage.bucket import Bucket
 from jnreg.schemas import validate
 
@@ -68,6 +89,10 @@ def pending_key(agent: str, owner: str) -> str:
 
 def evaluation_key(agent: str, version: str, name: str = "") -> str:
     return f"{check_agent(agent)}/{EVALUATIONS}/{check_version(version)}/{name}"
+
+
+def report_key(agent: str, version: str) -> str:
+    return f"{check_agent(agent)}/{REPORTS}/{check_version(version)}.html"
 
 
 def read_map_object(bucket: Bucket) -> tuple[dict[str, Any] | None, str | None]:

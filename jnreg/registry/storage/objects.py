@@ -1,22 +1,6 @@
 """Object storage (S3 and S3-compatible): the store without locks, made safe by create-only puts and ETag swaps.
 
-Layout under ``s3://bucket/prefix``::
-
-    AGENT_MODEL_MAP.json                    the map; rewritten by compare-and-swap on its ETag (If-Match)
-    <agent>/journal/<seq>.json              one journal entry per write, created only (If-None-Match: *);
-                                            claiming the next number orders every write of the agent
-    <agent>/current                         {"version", "seq"}: moved by compare-and-swap after its record
-    <agent>/service/<seq>.json              what the journal says after record <seq> (the version in service
-                                            and the undo stack), so rollback and gc read one object, not the
-                                            whole journal; created only, and rebuilt from the records when absent
-    <agent>/versions/<label>/claim.json     created only; reserves the label forever, even after gc
-    <agent>/versions/<label>/<file>         the version's files, uploaded after the claim
-    <agent>/versions/<label>/manifest.json  created only, last: the version is visible from here on
-    <agent>/pending/<owner>.json            a publish or gc in progress; the next writer finishes or undoes
-                                            it once its owner is gone
-
-A writer killed at any point leaves no visible half version: a version without its manifest is not a
-version, and the next write on the agent (or ``recover``) removes what the dead writer uploaded.
+The keys it writes, and what each means, are in ``object_layout``.
 """
 
 from __future__ import annotations
@@ -69,6 +53,7 @@ from jnreg.registry.storage.object_layout import (
     read_map_object,
     record_key,
     record_seq,
+    report_key,
     service_key,
     version_key,
 )
@@ -325,6 +310,24 @@ class ObjectStorage(Storage):
                 if got is not None:
                     found.append((self.bucket.where(entry.key), name[: -len(".json")], got[0]))
         return sorted(found)
+
+    def read_evaluation_file(self, agent: str, version: str, name: str) -> bytes | None:
+        got = self.bucket.get(evaluation_key(agent, version, name))
+        return got[0] if got is not None else None
+
+    def read_version_file(self, agent: str, label: str, name: str) -> bytes | None:
+        got = self.bucket.get(version_key(check_agent(agent), check_version(label), name))
+        return got[0] if got is not None else None
+
+    def report_location(self, agent: str, version: str) -> str:
+        return self.bucket.where(report_key(agent, version))
+
+    def write_report(self, agent: str, version: str, page: bytes) -> None:
+        self.bucket.put(report_key(agent, version), page)  # a plain put: a page replaces the one before
+
+    def read_report(self, agent: str, version: str) -> bytes | None:
+        got = self.bucket.get(report_key(agent, version))
+        return got[0] if got is not None else None
 
     # Writing -------------------------------------------------------------------------------------
 

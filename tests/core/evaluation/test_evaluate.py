@@ -215,6 +215,9 @@ def test_eval_records_results_beside_the_version_without_changing_it(trained):
     assert metrics["exact_match.verdict"] == sum(r["exact_match"]["verdict"] for r in rows) / 2
     record = store.evaluations_dir(AGENT, "v1") / f"{evaluation['id']}.json"
     assert schema_errors("evaluation", json.loads(record.read_text())) == []
+    # The version's page beside it now shows this evaluation.
+    page = root / AGENT / "reports" / "v1.html"
+    assert evaluation["id"] in page.read_text() and store.read_report(AGENT, "v1") == page.read_bytes()
     # The version is untouched and verify still passes; show and list carry the results.
     assert store.manifest(AGENT, "v1")["digest"] == digest and store.check_files(AGENT, "v1") == []
     shown = json.loads(jnreg("--store-root", str(root), "store", "show", AGENT, "v1", "--json").stdout)
@@ -324,10 +327,13 @@ def test_eval_gate_and_export_work_on_an_object_store(trained, tmp_path, s3_env)
     done = jnreg("--store-root", root, "store", "publish", AGENT, str(source), "--adapter-version", "v1",
                  "--no-promote")  # fmt: skip
     assert done.exit_code == 0, done.output
+    assert ModelStore(root).report_location(AGENT, "v1") == f"s3://{bucket}/store/{AGENT}/reports/v1.html"
+    assert b"Not evaluated yet" in ModelStore(root).read_report(AGENT, "v1")  # publish wrote the page
     done = jnreg("--store-root", root, "eval", AGENT, "--version", "v1", "--limit", "1", "--json")
     assert done.exit_code == 0, done.output
     result = json.loads(done.stdout)
     assert result["rows_path"].startswith(f"s3://{bucket}/store/{AGENT}/evaluations/v1/")
+    assert result["evaluation"]["id"].encode() in ModelStore(root).read_report(AGENT, "v1")
     assert result["evaluation"]["rows_source"]["kind"] == "recorded"
     done = jnreg("--store-root", root, "store", "promote", AGENT, "v1", "--require", "rows>=4")
     assert done.exit_code == 0, done.output

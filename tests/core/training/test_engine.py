@@ -410,3 +410,28 @@ def test_dry_run_fails_when_the_model_would_not_fit(builtin_agents, tmp_path, mo
     with pytest.raises(EnvironmentCheckError, match="training needs about"):
         dry_run(config_for(agent, tmp_path / "o", max_train_samples=4), agent, echo=quiet)
     assert json.loads((tmp_path / "o" / "training_summary.json").read_text())["dry_run"] is True
+
+
+def test_training_keeps_its_per_step_log_and_the_data_files(trained):
+    """training_log.json: every logging step's figures, adding up to the summary's; the data files' sha256."""
+    import hashlib
+
+    agent, output, summary = trained
+    log = json.loads((output / "training_log.json").read_text())
+    assert schema_errors("training_log", log) == [] and log["logging_steps"] == 2
+    steps = [entry for entry in log["steps"] if "loss" in entry]
+    evals = [entry for entry in log["steps"] if "eval_loss" in entry]
+    metrics = summary["metrics"]
+    assert [e["step"] for e in steps] == [1, *range(2, metrics["steps"] + 1, 2)]  # logging_first_step, then every 2
+    assert all(e["learning_rate"] >= 0 and e["tokens_per_second"] > 0 for e in steps)
+    assert evals[0]["step"] == 0 and evals[0]["eval_loss"] == pytest.approx(metrics["eval_loss_before"])
+    assert evals[-1]["eval_loss"] == pytest.approx(metrics["eval_loss"])
+    # The tokens counted per step are the summary's: the last step's running total is the run's.
+    assert steps[-1]["step"] == metrics["steps"] and steps[-1]["input_tokens"] == metrics["input_tokens"]
+    dataset = summary["dataset"]
+    histogram = dataset["length_histogram"]
+    assert sum(histogram["counts"]) == dataset["rows"] and len(histogram["edges"]) == len(histogram["counts"]) + 1
+    sample = agent.spec.sample_data
+    assert dataset["files"] == [
+        {"role": "train", "path": str(sample), "sha256": hashlib.sha256(sample.read_bytes()).hexdigest()}
+    ]

@@ -58,6 +58,10 @@ def test_two_processes_train_what_one_trains_with_the_same_global_batch(builtin_
     assert together["metrics"]["steps"] == alone["metrics"]["steps"] == 2
     epoch_tokens = rows["prompt_tokens"] + rows["response_tokens"]
     assert together["metrics"]["input_tokens"] == alone["metrics"]["input_tokens"] == epoch_tokens
+    # The per-step log counts the same tokens, over both processes: its last running total is the summary's.
+    log = json.loads((tmp_path / "two" / "training_log.json").read_text())
+    trained = [entry for entry in log["steps"] if "loss" in entry]
+    assert trained[-1]["step"] == 2 and trained[-1]["input_tokens"] == together["metrics"]["input_tokens"]
 
     # The same adapter. Compared as updates (trained minus the seeded initial weights), since LoRA A
     # starts random and B at zero. Measured: the updates differ by at most 3.3e-4 of their size
