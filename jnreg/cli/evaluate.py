@@ -36,8 +36,13 @@ def evaluate_version(
     seed: int = 0,
     quantization: str = "nf4",
     progress: bool = True,
+    engine: str = "transformers",
+    server: str | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Load ``version`` through ``jnreg.registry.load``, evaluate it, record the result; (record, rows)."""
+    """Evaluate ``version`` (loaded through ``jnreg.registry.load``, or served by vLLM) and record it; (record, rows).
+
+    vLLM serves the unquantized base, so an evaluation through it records quantization "none".
+    """
     from jnreg.core.data.rows import expand_files
     from jnreg.core.evaluation.evaluate import evaluate, read_eval_rows, rows_digest
     from jnreg.core.models.loading import quiet_library_warnings
@@ -59,21 +64,38 @@ def evaluate_version(
     if limit is not None:
         examples = examples[:limit]
     quiet_library_warnings()
-    model, tokenizer = load(agent, version, None if quantization == "none" else quantization, store=store)
-    try:
-        result = evaluate(
-            model,
-            tokenizer,
+    if engine == "vllm":
+        from jnreg.serve.evaluation import evaluate_served
+
+        quantization = "none"
+        result = evaluate_served(
+            store,
+            agent,
+            version,
             spec,
             examples,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             seed=seed,
             progress=progress,
+            server=server,
         )
-    finally:
-        del model
-        gc.collect()
+    else:
+        model, tokenizer = load(agent, version, None if quantization == "none" else quantization, store=store)
+        try:
+            result = evaluate(
+                model,
+                tokenizer,
+                spec,
+                examples,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                seed=seed,
+                progress=progress,
+            )
+        finally:
+            del model
+            gc.collect()
     record = {
         "schema_version": 1,
         "digest": manifest["digest"],
@@ -89,6 +111,8 @@ def evaluate_version(
             "seed": seed,
             "limit": limit,
             "quantization": quantization,
+            # Only the other engine is named, so documents made before there was a choice read the same.
+            **({"engine": engine} if engine != "transformers" else {}),
         },
         "metrics": result.metrics,
         "details": result.details,
@@ -136,6 +160,14 @@ def _short(text: str | None, width: int = 120) -> str:
     "--seed", type=int, default=0, show_default=True, help="Seed for sampling when the temperature is above 0."
 )
 @click.option("--quantization", type=click.Choice(["nf4", "8bit", "none"]), default="nf4", show_default=True)
+@click.option(
+    "--engine",
+    type=click.Choice(["transformers", "vllm"]),
+    default="transformers",
+    show_default=True,
+    help="Answer through transformers + peft, or through vLLM as `jnreg serve` does (unquantized base).",
+)
+@click.option("--server", metavar="URL", help="With --engine vllm: ask this running `jnreg serve` of the same store.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def eval_(
@@ -149,11 +181,16 @@ def eval_(
     temperature: float | None,
     seed: int,
     quantization: str,
+    engine: str,
+    server: str | None,
     as_json: bool,
 ) -> None:
     """Evaluate AGENT's stored adapter on eval rows as serving would answer them, and record the result."""
     from jnreg.core.evaluation.evaluate import differing_rows
+    from jnreg.errors import ConfigError
 
+    if server and engine != "vllm":
+        raise ConfigError("--server is where vLLM answers; it needs --engine vllm")
     store = open_store(ctx)
     _spec(agent)  # an unknown agent fails before anything is loaded
     first = store.resolve(agent, version).version
@@ -167,6 +204,8 @@ def eval_(
         "seed": seed,
         "quantization": quantization,
         "progress": not as_json or sys.stderr.isatty(),
+        "engine": engine,
+        "server": server,
     }
     doc_a, rows_a = evaluate_version(store, agent, first, eval_files=eval_files, **options)
     if second is None:
