@@ -97,13 +97,17 @@ def served_copy(store: Any, agent: str, version: str) -> ServedVersion:
     """``agent`` ``version`` from ``store`` as a verified local copy, made (downloaded) once per digest.
 
     Threads of one process and other processes asking for the same version at the same time wait for the
-    one copy being made. Raises StoreNotFound for an unknown agent or version and IntegrityError for a
-    version whose files do not match its manifest; nothing unverified is ever left where it would be served.
+    one copy being made. Raises StoreNotFound for an unknown agent or version, SignatureError for one the
+    trust policy refuses, and IntegrityError for a version whose files do not match its manifest; nothing
+    unverified is ever left where it would be served.
     """
     from filelock import FileLock
 
     agent, version = check_agent(agent), check_version(version)
     manifest = store.manifest(agent, version)
+    # Under the host's trust policy the signature is checked on every ask, the copy's too: a version copied
+    # under another name keeps its files, so its digest, and a copy made before would otherwise serve it.
+    store.require_trusted(agent, version, manifest)
     digest = manifest["digest"]
     target = copies_root() / digest
     target.parent.mkdir(parents=True, exist_ok=True)
