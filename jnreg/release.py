@@ -94,13 +94,17 @@ def evaluate_version(
     seed: int = 0,
     quantization: str = "nf4",
     progress: bool = False,
+    engine: str = "transformers",
+    server: str | None = None,
     on_change: Callable[[str], None] = _unchanged,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Load ``version`` through ``jnreg.registry.load``, evaluate it, record the result; (record, rows).
 
     Without ``eval_files`` the held-out rows recorded with the version are used; prompts are rendered
     the way the version was trained. ``on_change(version)`` runs once the result is recorded (to
-    refresh what shows the version, such as its page).
+    refresh what shows the version, such as its page). ``engine="vllm"`` asks vLLM (``server``, a
+    running ``jnreg serve``, else one started for it), which serves the unquantized base, so the
+    evaluation records quantization "none".
     """
     from jnreg.core.data.rows import expand_files
     from jnreg.core.evaluation.evaluate import evaluate, read_eval_rows, rows_digest
@@ -130,22 +134,39 @@ def evaluate_version(
     if limit is not None:
         examples = examples[:limit]
     quiet_library_warnings()
-    model, tokenizer = load(agent, version, None if quantization == "none" else quantization, store=store)
-    try:
-        result = evaluate(
-            model,
-            tokenizer,
+    if engine == "vllm":
+        from jnreg.serve.evaluation import evaluate_served
+
+        quantization = "none"
+        result = evaluate_served(
+            store,
+            agent,
+            version,
             spec,
             examples,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             seed=seed,
             progress=progress,
-            prompt_template=prompt_template,
+            server=server,
         )
-    finally:
-        del model
-        gc.collect()
+    else:
+        model, tokenizer = load(agent, version, None if quantization == "none" else quantization, store=store)
+        try:
+            result = evaluate(
+                model,
+                tokenizer,
+                spec,
+                examples,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                seed=seed,
+                progress=progress,
+                prompt_template=prompt_template,
+            )
+        finally:
+            del model
+            gc.collect()
     record = {
         "schema_version": 1,
         "digest": manifest["digest"],
@@ -161,6 +182,8 @@ def evaluate_version(
             "seed": seed,
             "limit": limit,
             "quantization": quantization,
+            # Only the other engine is named, so documents made before there was a choice read the same.
+            **({"engine": engine} if engine != "transformers" else {}),
         },
         "metrics": result.metrics,
         "details": result.details,

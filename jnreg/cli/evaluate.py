@@ -58,6 +58,14 @@ def _short(text: str | None, width: int = 120) -> str:
     "--seed", type=int, default=0, show_default=True, help="Seed for sampling when the temperature is above 0."
 )
 @click.option("--quantization", type=click.Choice(["nf4", "8bit", "none"]), default="nf4", show_default=True)
+@click.option(
+    "--engine",
+    type=click.Choice(["transformers", "vllm"]),
+    default="transformers",
+    show_default=True,
+    help="Answer through transformers + peft, or through vLLM as `jnreg serve` does (unquantized base).",
+)
+@click.option("--server", metavar="URL", help="With --engine vllm: ask this running `jnreg serve` of the same store.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def eval_(
@@ -71,12 +79,17 @@ def eval_(
     temperature: float | None,
     seed: int,
     quantization: str,
+    engine: str,
+    server: str | None,
     as_json: bool,
 ) -> None:
     """Evaluate AGENT's stored adapter on eval rows as serving would answer them, and record the result."""
     from jnreg.core.evaluation.evaluate import differing_rows
+    from jnreg.errors import ConfigError
     from jnreg.release import evaluate_version
 
+    if server and engine != "vllm":
+        raise ConfigError("--server is where vLLM answers; it needs --engine vllm")
     store = open_store(ctx)
     _spec(agent)  # an unknown agent fails before anything is loaded
     first = store.resolve(agent, version).version
@@ -91,6 +104,8 @@ def eval_(
         "quantization": quantization,
         "progress": not as_json or sys.stderr.isatty(),
         "on_change": lambda changed: refresh_page(store, agent, changed, lambda line: click.echo(line, err=True)),
+        "engine": engine,
+        "server": server,
     }
     doc_a, rows_a = evaluate_version(store, agent, first, eval_files=eval_files, **options)
     if second is None:

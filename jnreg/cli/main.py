@@ -18,6 +18,7 @@ COMMANDS = {
     "generate": "jnreg.cli.generate:generate",
     "eval": "jnreg.cli.evaluate:eval_",
     "export": "jnreg.cli.export:export",
+    "serve": "jnreg.cli.serve:serve",
     "report": "jnreg.cli.report:report",
 }
 

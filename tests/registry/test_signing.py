@@ -27,6 +27,7 @@ from jnreg.registry.pull import pull
 from jnreg.registry.signing import SIGNATURE, TRUSTED_KEYS_ENV, policy_from
 from jnreg.registry.storage.bucket import Bucket
 from jnreg.schemas import errors as schema_errors
+from jnreg.serve.copies import served_copy
 from tests.helpers import heavy_imports_after
 from tests.registry_helpers import make_adapter, safetensors_bytes, summary_for
 
@@ -235,8 +236,14 @@ def test_every_attack_is_refused_and_nothing_in_service_changes(root: str, tmp_p
     if root.startswith("s3://"):
         pull(store, mirror, ["critic"])
     assert resolve("critic", "v2", store_root=root, trusted_keys=trusted).version == "v2"
+    serving = ModelStore(root)  # what the vLLM resolver reads through, with the host's policy
+    serving.trust_keys(trusted)
+    assert served_copy(serving, "critic", "v2").version == "v2"  # a verified copy now exists for v2's digest
 
     agent, label = attack(root, keys)
+
+    with pytest.raises(SignatureError, match=rf"^refusing {agent} {label}: "):
+        served_copy(serving, agent, label)
 
     with pytest.raises(SignatureError, match=rf"^refusing {agent} {label}: "):
         resolve(agent, label, store_root=root, trusted_keys=trusted)

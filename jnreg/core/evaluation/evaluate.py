@@ -147,15 +147,46 @@ def evaluate(
     import torch
     from tqdm.auto import tqdm
 
-    validator = data_mod.response_checker(spec)
     model.eval()
     renderer = data_mod.Renderer(tokenizer, spec.template, prompt_template)
     torch.manual_seed(seed)
-    rows: list[dict[str, Any]] = []
-    loss_sum, loss_tokens, new_tokens, generation_s = 0.0, 0, 0, 0.0
+    losses: list[tuple[float, int]] = []
+    answers: list[dict[str, Any] | None] = []
+    generation_s = 0.0
     bar = tqdm(examples, desc=f"eval {spec.name}", unit="row", file=sys.stderr, disable=not progress, leave=False)
-    for index, example in enumerate(bar):
-        row_loss, row_tokens = _row_loss(model, renderer, example)
+    for example in bar:
+        losses.append(_row_loss(model, renderer, example))
+        answer = None
+        if example.prompt is not None:
+            clock = time.perf_counter()
+            answer = generate_answer(
+                model,
+                tokenizer,
+                spec,
+                example.prompt,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                renderer=renderer,
+            )
+            generation_s += time.perf_counter() - clock
+        answers.append(answer)
+    bar.close()
+    return evaluation_of(spec, examples, losses, answers, generation_s)
+
+
+def evaluation_of(
+    spec: AgentSpec,
+    examples: Sequence[data_mod.Example],
+    losses: Sequence[tuple[float, int]],
+    answers: Sequence[dict[str, Any] | None],
+    generation_s: float,
+) -> Evaluation:
+    """The metrics and rows for ``examples``, from each row's (summed loss, supervised tokens) and answer
+    (``generate_answer``'s text, new_tokens and stopped_at_eos; None for a whole-text row), however made."""
+    validator = data_mod.response_checker(spec)
+    rows: list[dict[str, Any]] = []
+    loss_sum, loss_tokens, new_tokens = 0.0, 0, 0
+    for index, (example, (row_loss, row_tokens), answer) in enumerate(zip(examples, losses, answers, strict=True)):
         loss_sum += row_loss
         loss_tokens += row_tokens
         row: dict[str, Any] = {
@@ -172,23 +203,11 @@ def evaluate(
             "schema_error": None,
             "exact_match": {},
         }
-        if example.prompt is not None:
-            clock = time.perf_counter()
-            answer = generate_answer(
-                model,
-                tokenizer,
-                spec,
-                example.prompt,
-                max_new_tokens=max_new_tokens,
-                temperature=temperature,
-                renderer=renderer,
-            )
-            generation_s += time.perf_counter() - clock
+        if answer is not None:
             new_tokens += answer["new_tokens"]
             row.update(answer=answer["text"], new_tokens=answer["new_tokens"], stopped_at_eos=answer["stopped_at_eos"])
             row.update(judge(answer["text"], example.response or "", spec, validator))
         rows.append(row)
-    bar.close()
     answered = [r for r in rows if r["answer"] is not None]
     metrics: dict[str, Any] = {
         "rows": len(rows),

@@ -1,0 +1,179 @@
+"""Evaluating a version as vLLM serves it: the same rows, rendering, judging and document as ``jnreg eval``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from jnreg.core.data import rows as data_mod
+from jnreg.core.evaluation.evaluate import Evaluation, evaluation_of
+from jnreg.core.evaluation.generation import generation_options
+from jnreg.core.host.spec import AgentSpec
+from jnreg.errors import ModelError
+from jnreg.serve import names
+from jnreg.serve.copies import served_copy
+from jnreg.serve.launch import PYTHON_ENV, rank_limit
+
+
+def evaluate_served(
+    store: Any,
+    agent: str,
+    version: str,
+    spec: AgentSpec,
+    examples: Sequence[data_mod.Example],
+    *,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    server: str | None = None,
+) -> Evaluation:
+    """Answer and score ``examples`` with vLLM on the unquantized base and the version's verified copy.
+
+    The eval loss comes from vLLM's log-probabilities of each reference answer after its prompt; the answers
+    from vLLM's generation of the prompt as ``generate_answer`` renders it (greedy at temperature 0, else
+    sampled with a seed per row). ``server`` is the URL of a running ``jnreg serve`` of the same store to
+    ask; without it, vLLM's offline engine runs for this evaluation alone.
+    """
+    from jnreg.core.models.loading import is_builtin, load_tokenizer, model_path
+
+    served = served_copy(store, agent, version)
+    has_tokenizer = any((served.path / n).is_file() for n in ("tokenizer.json", "tokenizer.model"))
+    base_path = model_path(served.base_model)
+    tokenizer = load_tokenizer(str(served.path) if has_tokenizer else served.base_model)
+    renderer = data_mod.Renderer(tokenizer, spec.template)
+    options = generation_options(spec, tokenizer, max_new_tokens, temperature)
+    score, generate = [], []
+    for index, example in enumerate(examples):
+        prompt, completion = renderer.render(example)
+        score.append({"ids": prompt + completion, "from": len(prompt)})
+        if example.prompt is not None:
+            text = tokenizer.apply_chat_template(
+                spec.template.messages(example.prompt), tokenize=False, add_generation_prompt=True
+            )
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            generate.append(
+                {
+                    "ids": ids,
+                    "max_tokens": options["max_new_tokens"],
+                    "temperature": options.get("temperature", 0.0),
+                    "seed": seed + index,
+                }
+            )
+    longest = max([len(s["ids"]) + 1 for s in score] + [len(g["ids"]) + g["max_tokens"] for g in generate] + [16])
+    job = {
+        "base_path": base_path,
+        "tokenizer_path": str(served.path) if has_tokenizer else base_path,
+        "dtype": "float32" if is_builtin(served.base_model) else "auto",
+        "enforce_eager": is_builtin(served.base_model),
+        "max_lora_rank": rank_limit([served.rank]),
+        "max_model_len": longest,
+        "seed": seed,
+        "eos_token_id": tokenizer.eos_token_id,
+        "lora": {
+            "name": names.pinned(agent, version),
+            "id": names.adapter_id(served.digest),
+            "path": str(served.path),
+            "digest": served.digest,
+        },
+        "generate": generate,
+        "score": score,
+    }
+    result = _ask(server, job) if server else _run(job, progress)
+    answers: list[dict[str, Any] | None] = []
+    made = iter(result["answers"])
+    for example in examples:
+        if example.prompt is None:
+            answers.append(None)
+            continue
+        ids = next(made)["ids"]
+        answers.append(
+            {
+                "text": tokenizer.decode(ids, skip_special_tokens=True).strip(),
+                "prompt_tokens": 0,
+                "new_tokens": len(ids),
+                "stopped_at_eos": bool(ids) and ids[-1] == tokenizer.eos_token_id,
+            }
+        )
+    losses = [(s["nll"], s["tokens"]) for s in result["scores"]]
+    return evaluation_of(spec, examples, losses, answers, result["generation_s"])
+
+
+def _run(job: dict[str, Any], progress: bool) -> dict[str, Any]:
+    """Run the job in vLLM's interpreter ($JNREG_VLLM_PYTHON, else this one), its log to stderr when shown."""
+    python = os.environ.get(PYTHON_ENV) or sys.executable
+    with tempfile.TemporaryDirectory(prefix="jnreg-vllm-eval-") as work:
+        job_file, result_file = Path(work, "job.json"), Path(work, "result.json")
+        job_file.write_text(json.dumps(job), encoding="utf-8")
+        done = subprocess.run(
+            [python, "-m", "jnreg.serve.offline", str(job_file), str(result_file)],
+            stdout=None if progress else subprocess.DEVNULL,
+            stderr=None if progress else subprocess.PIPE,
+            text=True,
+        )
+        if done.returncode != 0 or not result_file.is_file():
+            tail = (done.stderr or "").strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+            raise ModelError(f"vLLM could not evaluate with {python}: {tail[0]}")
+        return json.loads(result_file.read_text(encoding="utf-8"))
+
+
+def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise ModelError(f"{url}: {exc.code} {exc.read().decode(errors='replace')[:200]}") from None
+    except OSError as exc:
+        raise ModelError(f"cannot reach the server at {url}: {exc}") from None
+
+
+def _ask(server: str, job: dict[str, Any]) -> dict[str, Any]:
+    """The job's answers and scores from a running server, asked many rows at a time as clients would."""
+    import time
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = server.rstrip("/")
+    url = base + "/v1/completions"
+    model = job["lora"]["name"]
+
+    def generate(item: dict[str, Any]) -> dict[str, Any]:
+        body = {
+            "model": model,
+            "prompt": item["ids"],
+            "max_tokens": item["max_tokens"],
+            "temperature": item["temperature"],
+            "seed": item["seed"],
+            "stop_token_ids": [job["eos_token_id"]],
+            "return_token_ids": True,
+        }
+        return {"ids": list(_post(url, body)["choices"][0]["token_ids"])}
+
+    def score(item: dict[str, Any]) -> dict[str, Any]:
+        body = {"model": model, "prompt": item["ids"], "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0}
+        found = _post(url, body)["choices"][0]["prompt_logprobs"]
+        ids, start = item["ids"], max(item["from"], 1)
+        total = -sum(float(found[i][str(ids[i])]["logprob"]) for i in range(start, len(ids)))
+        return {"nll": total, "tokens": len(ids) - start}
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        clock = time.perf_counter()
+        answers = list(pool.map(generate, job["generate"]))
+        generation_s = time.perf_counter() - clock
+        scores = list(pool.map(score, job["score"]))
+    # The server must have answered from this version's verified copy, not from a version of another store.
+    with urllib.request.urlopen(base + "/v1/models", timeout=30) as response:
+        cards = {card["id"]: card for card in json.loads(response.read())["data"]}
+    if Path(cards.get(model, {}).get("root", "")).name != job["lora"]["digest"]:
+        raise ModelError(f"the server at {server} serves {model} from another copy; is it serving this store?")
+    return {"answers": answers, "scores": scores, "generation_s": generation_s}

