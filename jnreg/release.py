@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from jnreg.core.evaluation.gate import Requirement, parse_requirements, shortfalls
 from jnreg.errors import ConfigError, DataError, GateError, JnregError
 from jnreg.names import EVAL_ROWS_FILE
+from jnreg.registry.manifests import prompt_format
 
 if TYPE_CHECKING:
     from jnreg.core.host.spec import AgentSpec
@@ -59,13 +60,6 @@ def requirements_for(agent: str, require: Iterable[str | Requirement] = ()) -> l
     schema = spec.response_schema if spec is not None else None
     given = list(require) or list(spec.requirements if spec is not None else ())
     return [item if isinstance(item, Requirement) else parse_requirements([item], schema)[0] for item in given]
-
-
-def prompt_format(manifest: dict[str, Any]) -> dict[str, Any] | None:
-    """How the version was prompted in training (its summary's ``dataset.prompt``), or None when it does not say."""
-    summary = manifest.get("training_summary") or {}
-    found = (summary.get("dataset") or {}).get("prompt")
-    return found if isinstance(found, dict) else None
 
 
 def spec_as_trained(spec: AgentSpec, manifest: dict[str, Any]) -> tuple[AgentSpec, str | None]:
@@ -149,6 +143,7 @@ def evaluate_version(
             seed=seed,
             progress=progress,
             server=server,
+            prompt_template=prompt_template,
         )
     else:
         model, tokenizer = load(agent, version, None if quantization == "none" else quantization, store=store)

@@ -27,7 +27,7 @@ def export(ctx: click.Context, agent: str, version: str | None, target: Path, dt
     from jnreg.core.export.merge import check_target, merge_adapter, model_card, write_model_dir
     from jnreg.core.models.loading import quiet_library_warnings
     from jnreg.registry import load
-    from jnreg.release import prompt_format
+    from jnreg.registry.manifests import prompt_format
 
     check_target(target)  # before anything slow
     store = open_store(ctx)

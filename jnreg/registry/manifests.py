@@ -168,3 +168,10 @@ def seal(
     text = dump_json(manifest)
     refuse_secrets(text, MANIFEST)
     return Sealed(extra=extra, manifest=manifest, text=text)
+
+
+def prompt_format(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """How the version was prompted in training (its summary's ``dataset.prompt``), or None when it does not say."""
+    summary = manifest.get("training_summary") or {}
+    found = (summary.get("dataset") or {}).get("prompt")
+    return found if isinstance(found, dict) else None

@@ -33,13 +33,15 @@ def evaluate_served(
     seed: int = 0,
     progress: bool = True,
     server: str | None = None,
+    prompt_template: str | None = None,
 ) -> Evaluation:
     """Answer and score ``examples`` with vLLM on the unquantized base and the version's verified copy.
 
     The eval loss comes from vLLM's log-probabilities of each reference answer after its prompt; the answers
     from vLLM's generation of the prompt as ``generate_answer`` renders it (greedy at temperature 0, else
     sampled with a seed per row). ``server`` is the URL of a running ``jnreg serve`` of the same store to
-    ask; without it, vLLM's offline engine runs for this evaluation alone.
+    ask; without it, vLLM's offline engine runs for this evaluation alone. ``prompt_template`` is the one the
+    version was trained with, if any: scoring and generation then render prompts through it, as training did.
     """
     from jnreg.core.models.loading import is_builtin, load_tokenizer, model_path
 
@@ -47,17 +49,20 @@ def evaluate_served(
     has_tokenizer = any((served.path / n).is_file() for n in ("tokenizer.json", "tokenizer.model"))
     base_path = model_path(served.base_model)
     tokenizer = load_tokenizer(str(served.path) if has_tokenizer else served.base_model)
-    renderer = data_mod.Renderer(tokenizer, spec.template)
+    renderer = data_mod.Renderer(tokenizer, spec.template, prompt_template)
     options = generation_options(spec, tokenizer, max_new_tokens, temperature)
     score, generate = [], []
     for index, example in enumerate(examples):
         prompt, completion = renderer.render(example)
         score.append({"ids": prompt + completion, "from": len(prompt)})
         if example.prompt is not None:
-            text = tokenizer.apply_chat_template(
-                spec.template.messages(example.prompt), tokenize=False, add_generation_prompt=True
-            )
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if prompt_template is not None:
+                ids = prompt  # the template's text up to {response}, as training rendered it
+            else:
+                text = tokenizer.apply_chat_template(
+                    spec.template.messages(example.prompt), tokenize=False, add_generation_prompt=True
+                )
+                ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             generate.append(
                 {
                     "ids": ids,

@@ -71,6 +71,14 @@ class RegistryResolver(LoRAResolver):
         except Exception as exc:  # unknown, tampered or unreadable: refused, and the server goes on serving
             log.warning("jnreg: not serving %s: %s", lora_name, first_line(exc))
             return None
+        if served.prompt_template is not None:
+            # Chat requests reach the version through the base's chat template, not the one it learned.
+            log.warning(
+                "jnreg: not serving %s: trained with --prompt-template %r, not the chat template requests use",
+                lora_name,
+                served.prompt_template,
+            )
+            return None
         expected = self._base_model or os.environ.get(BASE_ENV) or base_model_name
         if served.base_model != expected:
             log.warning(

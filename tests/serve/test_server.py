@@ -13,7 +13,8 @@ import pytest
 
 from jnreg.registry import ModelStore
 from jnreg.testing import BUILTIN_PLUGINS
-from tests.serve.conftest import Server, publish
+from tests.registry_helpers import summary_for
+from tests.serve.conftest import Server, make_lora, publish
 
 # How long a promotion may take to reach the server.
 PROMOTION_S = 10.0
@@ -128,6 +129,19 @@ def test_a_tampered_version_is_refused_with_one_log_line(server, served_store, t
     # A partial version (a file gone) is refused the same way.
     weights.unlink()
     assert 400 <= server.complete("journalist@v-tampered", "hello")[0] < 500
+
+
+def test_a_version_trained_with_a_prompt_template_is_refused_not_prompted_wrongly(server, served_store, tmp_path):
+    """Chat requests would reach it through the chat template, not the template it learned."""
+    source = make_lora(tmp_path / "templated", 1011)
+    summary = summary_for("journalist")
+    summary["dataset"]["prompt"] = {"prompt_template": "Q: {prompt} A: {response}", "system": "", "user": "{text}"}
+    (source / "training_summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    ModelStore(served_store).publish("journalist", source, version="v-templated", promote=False)
+    status, answer = server.complete("journalist@v-templated", "hello")
+    assert 400 <= status < 500, answer
+    refusals = [line for line in server.log_text().splitlines() if "not serving journalist@v-templated" in line]
+    assert len(refusals) == 1 and "--prompt-template" in refusals[0]
 
 
 def _wait_for(server: Server, agent: str, version: str) -> float:
