@@ -252,40 +252,21 @@ def bench_concurrent(work: Path, writers: int) -> list[dict[str, Any]]:
 @contextmanager
 def moto_server(work: Path) -> Iterator[str]:
     """A moto S3 server on 127.0.0.1 and the AWS variables that point at it; a fresh bucket's store root."""
-    import socket
+    from jnreg.testing import s3_server
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
     saved = dict(os.environ)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(endpoint, timeout=1).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the moto S3 server did not start") from None
-                time.sleep(0.1)
+    with s3_server() as endpoint:
         os.environ.update(
             AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench-secret-0123456789",
             AWS_REGION="us-east-1", AWS_ALLOW_HTTP="true", JNREG_CACHE=str(work / "cache"),
         )  # fmt: skip
         bucket = f"jnreg-bench-{uuid.uuid4().hex[:12]}"
         urllib.request.urlopen(urllib.request.Request(f"{endpoint}/{bucket}", method="PUT"), timeout=10).read()
-        yield f"s3://{bucket}/store"
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        server.terminate()
-        server.wait(timeout=10)
+        try:
+            yield f"s3://{bucket}/store"
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
 
 
 def bench_object_history(work: Path, small: int, large: int, runs: int) -> list[dict[str, Any]]:

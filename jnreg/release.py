@@ -128,6 +128,14 @@ def evaluate_version(
     if limit is not None:
         examples = examples[:limit]
     quiet_library_warnings()
+    # How each row is answered, whichever engine answers it.
+    answering = {
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "seed": seed,
+        "progress": progress,
+        "prompt_template": prompt_template,
+    }
     if engine == "vllm":
         from jnreg.serve.evaluation import evaluate_served
 
@@ -138,12 +146,8 @@ def evaluate_version(
             version,
             spec,
             examples,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            seed=seed,
-            progress=progress,
             server=server,
-            prompt_template=prompt_template,
+            **answering,
         )
     else:
         model, tokenizer = load(agent, version, None if quantization == "none" else quantization, store=store)
@@ -153,11 +157,7 @@ def evaluate_version(
                 tokenizer,
                 spec,
                 examples,
-                max_new_tokens=max_new_tokens,
-                temperature=temperature,
-                seed=seed,
-                progress=progress,
-                prompt_template=prompt_template,
+                **answering,
             )
         finally:
             del model

@@ -6,7 +6,13 @@ plugins it registers, and unregisters them afterwards whatever the test did.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -63,3 +69,31 @@ def builtin_agents(register_plugin: Callable[..., str]) -> Host:
 
 
 __all__ = ["BUILTIN_PLUGINS", "ENTRY_POINT_GROUP", "builtin_agents", "jnreg_host", "register_plugin"]
+
+
+@contextlib.contextmanager
+def s3_server(start_timeout_s: float = 30) -> Iterator[str]:
+    """moto's S3 API server on a free port of 127.0.0.1 (needs ``moto[server]``): its URL, until the block ends."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while True:
+            try:
+                urllib.request.urlopen(endpoint, timeout=1).read()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the moto S3 server did not start") from None
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

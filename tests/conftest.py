@@ -1,12 +1,7 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,36 +25,13 @@ def _no_autoload(monkeypatch: pytest.MonkeyPatch) -> None:
 S3_SECRET = "moto-secret-" + "k" * 20
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A moto S3 server on a free port of 127.0.0.1, stopped when the session ends."""
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(endpoint, timeout=1).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the moto S3 server did not start") from None
-                time.sleep(0.1)
+    from jnreg.testing import s3_server
+
+    with s3_server() as endpoint:
         yield endpoint
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 @pytest.fixture
@@ -77,3 +49,18 @@ def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     monkeypatch.delenv("MODEL_STORE_ROOT", raising=False)
     monkeypatch.delenv("AGENT_MODEL_MAP", raising=False)
     return s3_endpoint
+
+
+@pytest.fixture
+def quick_host():
+    """A host with only fact_checker, answering in a few greedy tokens (tests.helpers.QuickFactChecker)."""
+    from jnreg.core.host.plugins import Host, reset_host
+    from tests.helpers import QuickFactChecker
+
+    host = Host(autoload=False)
+    host.register(QuickFactChecker(), name="quick_fact_checker")
+    previous = reset_host(host)
+    try:
+        yield host
+    finally:
+        reset_host(previous)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from jnreg.core.host.hookspecs import hookimpl
+from jnreg.core.host.plugins import Host
+from jnreg.core.host.spec import AgentSpec, Serving
 from jnreg.core.training.config import TrainConfig, build_config
 
 HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "trl", "accelerate")
@@ -60,3 +64,26 @@ def config_for(agent, output_dir: Path, **overrides) -> TrainConfig:
 
 def quiet(_line: str) -> None:
     pass
+
+
+AGENT = "fact_checker"
+# fact_checker as its built-in plugin defines it, answering in a few greedy tokens so a test takes seconds,
+# and with a default requirement no untrained tiny model meets.
+DEFAULT_REQUIREMENT = "schema_valid>=0.5"
+
+
+def quick_spec() -> AgentSpec:
+    from jnreg.plugins import fact_checker
+
+    host = Host(autoload=False)
+    host.register(fact_checker, name="fact_checker")
+    spec = host.get(AGENT).spec
+    return dataclasses.replace(
+        spec, serving=Serving(max_new_tokens=6, temperature=0.0), requirements=(DEFAULT_REQUIREMENT,)
+    )
+
+
+class QuickFactChecker:
+    @hookimpl
+    def jnreg_register_agents(self, register):
+        register(quick_spec())

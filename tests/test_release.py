@@ -10,26 +10,17 @@ from click.testing import CliRunner
 
 from jnreg import release
 from jnreg.cli import cli
-from jnreg.core.host.plugins import Host, reset_host
+from jnreg.core.host.plugins import Host
 from jnreg.core.training import engine
 from jnreg.errors import ConfigError, GateError, StoreNotFound
 from jnreg.registry import ModelStore
-from tests.core.evaluation.test_evaluate import AGENT, DEFAULT_REQUIREMENT, QuickFactChecker
-from tests.helpers import config_for, quiet
+from tests.helpers import AGENT, DEFAULT_REQUIREMENT, QuickFactChecker, config_for, quiet
 
 # Not the chat template: a version trained this way must be evaluated and answered this way too.
 TEMPLATE = "Q: {prompt}\nA: {response}"
 
 
-@pytest.fixture(autouse=True)
-def quick_host():
-    host = Host(autoload=False)
-    host.register(QuickFactChecker(), name="quick_fact_checker")
-    previous = reset_host(host)
-    try:
-        yield host
-    finally:
-        reset_host(previous)
+pytestmark = pytest.mark.usefixtures("quick_host")
 
 
 @pytest.fixture(scope="module")

@@ -180,6 +180,19 @@ class TokenizedSet:
     dropped: list[str]
     _table: Any = field(default=None, repr=False, compare=False)
 
+    @classmethod
+    def from_counts(cls, path: Path, counts: dict[str, Any]) -> TokenizedSet:
+        """The split at ``path`` with the counts its writer returned (or the entry's metadata kept)."""
+        return cls(
+            path,
+            counts["rows"],
+            counts["prompt_tokens"],
+            counts["response_tokens"],
+            counts["supervised_tokens"],
+            list(counts["truncated"]),
+            list(counts["dropped"]),
+        )
+
     def __len__(self) -> int:
         return self.count
 
@@ -223,15 +236,7 @@ def tokenized_set(path: Path, rows: list[dict[str, list[int]]]) -> TokenizedSet:
         cut = row["completion_mask"].index(1) if 1 in row["completion_mask"] else len(row["input_ids"])
         writer.add(f"row {index + 1}", row["input_ids"][:cut], row["input_ids"][cut:])
     counts = writer.close()
-    return TokenizedSet(
-        path,
-        counts["rows"],
-        counts["prompt_tokens"],
-        counts["response_tokens"],
-        counts["supervised_tokens"],
-        list(counts["truncated"]),
-        list(counts["dropped"]),
-    )
+    return TokenizedSet.from_counts(path, counts)
 
 
 class _SplitWriter:
@@ -394,15 +399,7 @@ def _entry(directory: Path, meta: dict[str, Any], lease: Lease | None = None) ->
         counts = meta[name]
         if counts is None:
             return None
-        return TokenizedSet(
-            directory / f"{name}.arrow",
-            counts["rows"],
-            counts["prompt_tokens"],
-            counts["response_tokens"],
-            counts["supervised_tokens"],
-            list(counts["truncated"]),
-            list(counts["dropped"]),
-        )
+        return TokenizedSet.from_counts(directory / f"{name}.arrow", counts)
 
     train = one("train")
     assert train is not None

@@ -17,47 +17,14 @@ from click.testing import CliRunner
 
 from jnreg.cli import cli
 from jnreg.core.evaluation.gate import parse_requirement, parse_requirements, shortfalls
-from jnreg.core.host.hookspecs import hookimpl
 from jnreg.core.host.plugins import Host, reset_host
-from jnreg.core.host.spec import AgentSpec, Serving
 from jnreg.errors import ConfigError
 from jnreg.registry import ModelStore
 from jnreg.schemas import errors as schema_errors
-from tests.helpers import heavy_imports_after
+from tests.helpers import AGENT, DEFAULT_REQUIREMENT, QuickFactChecker, heavy_imports_after, quick_spec
 
 TINY = "jnreg:tiny-mistral"
-AGENT = "fact_checker"
-# fact_checker as its built-in plugin defines it, answering in a few greedy tokens so a test takes seconds,
-# and with a default requirement no untrained tiny model meets.
-DEFAULT_REQUIREMENT = "schema_valid>=0.5"
-
-
-def quick_spec() -> AgentSpec:
-    from jnreg.plugins import fact_checker
-
-    host = Host(autoload=False)
-    host.register(fact_checker, name="fact_checker")
-    spec = host.get(AGENT).spec
-    return dataclasses.replace(
-        spec, serving=Serving(max_new_tokens=6, temperature=0.0), requirements=(DEFAULT_REQUIREMENT,)
-    )
-
-
-class QuickFactChecker:
-    @hookimpl
-    def jnreg_register_agents(self, register):
-        register(quick_spec())
-
-
-@pytest.fixture(autouse=True)
-def quick_host():
-    host = Host(autoload=False)
-    host.register(QuickFactChecker(), name="quick_fact_checker")
-    previous = reset_host(host)
-    try:
-        yield host
-    finally:
-        reset_host(previous)
+pytestmark = pytest.mark.usefixtures("quick_host")
 
 
 def jnreg(*args: str):
@@ -369,7 +336,7 @@ def test_interrupted_eval_leaves_nothing_half_written(trained):
     code = (
         "import sys\n"
         "from jnreg.core.host.plugins import Host, reset_host\n"
-        "from tests.core.evaluation.test_evaluate import QuickFactChecker\n"
+        "from tests.helpers import QuickFactChecker\n"
         "host = Host(autoload=False)\n"
         "host.register(QuickFactChecker(), name='quick')\n"
         "reset_host(host)\n"
