@@ -16,6 +16,7 @@ from typing import Any
 from jnreg.errors import IntegrityError
 from jnreg.fsutil import copy_new_file, dump_json, fsync_dir, make_read_only, owned_name, remove_tree, sha256_file
 from jnreg.names import check_agent, check_version
+from jnreg.registry.manifests import prompt_format
 
 MANIFEST = "manifest.json"
 COPIES_ENV = "JNREG_SERVE_CACHE"
@@ -40,6 +41,7 @@ class ServedVersion:
     base_model: str
     rank: int
     path: Path
+    prompt_template: str | None = None  # the --prompt-template it was trained with, if not the chat template
 
 
 def _digest(files: list[dict[str, Any]]) -> str:
@@ -90,6 +92,7 @@ def _served(manifest: dict[str, Any], path: Path) -> ServedVersion:
         base_model=manifest["base_model"],
         rank=int(manifest["r"]),
         path=path,
+        prompt_template=(prompt_format(manifest) or {}).get("prompt_template"),
     )
 
 

@@ -107,7 +107,6 @@ def start_server(root: Path | str, log: Path, extra_env: dict[str, str] | None =
         **os.environ,
         "JNREG_VLLM_PYTHON": vllm_python(log=lambda line: print(line, file=sys.stderr)),
         "VLLM_CPU_KVCACHE_SPACE": "1",
-        "PYTHONPATH": str(REPO),
         **(extra_env or {}),
     }
     env.pop("JNREG_DISABLE_PLUGIN_AUTOLOAD", None)
