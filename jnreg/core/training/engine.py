@@ -33,7 +33,7 @@ from jnreg.errors import ConfigError, first_line
 from jnreg.names import TRAINING_LOG_FILE
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase, Trainer
+    from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
 
     from jnreg.core.training.trainer import RunTrainer
 
@@ -60,7 +60,7 @@ class Setup:
     resumed_step: int = 0
 
 
-def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: Sequence[Any] = ()) -> Setup:
+def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: Sequence[TrainerCallback] = ()) -> Setup:
     """Check the environment, prepare the data, load the quantized base, add LoRA, build the trainer."""
     # One of several data-parallel processes: each holds a replica; only the main one writes or prints.
     config, echo = launch.in_this_world(config), launch.main_only(echo)
@@ -266,7 +266,9 @@ def _load_checkpoint(trainer: Trainer, checkpoint: str) -> None:
     trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / checkpoints.STATE_FILE))
 
 
-def train(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+def train(
+    config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: Sequence[TrainerCallback] = ()
+) -> dict[str, Any]:
     """Train the adapter and write it, the tokenizer, the summary and the effective config.
 
     ``resume`` continues from the newest complete checkpoint to the run's last step. A run that
