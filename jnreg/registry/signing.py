@@ -31,6 +31,7 @@ from jnreg.schemas import errors as schema_errors
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
 SIGNATURE = "model.sig"
 SIGNING_KEY_ENV = "JNREG_SIGNING_KEY"
@@ -70,7 +71,7 @@ def pae(payload: bytes) -> bytes:
     return b"DSSEv1 %d %s %d %s" % (len(PAYLOAD_TYPE), PAYLOAD_TYPE.encode(), len(payload), payload)
 
 
-def _curve_checked(key: Any, where: str) -> Any:
+def _curve_checked(key: PrivateKeyTypes | PublicKeyTypes, where: str) -> Any:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     public = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
