@@ -14,7 +14,10 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 CHUNK = 1 << 20
 # Leftovers (staging dirs, trash, temp files) carry their owner's host and pid in their name, so the
@@ -110,7 +113,7 @@ def copy_new_file(source: Path, target: Path) -> tuple[int, str]:
     return found
 
 
-def _plain_copy(handle: Any, fd: int) -> tuple[int, str]:
+def _plain_copy(handle: BinaryIO, fd: int) -> tuple[int, str]:
     digest = hashlib.sha256()
     size = 0
     while chunk := handle.read(CHUNK):

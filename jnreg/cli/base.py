@@ -8,11 +8,14 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from jnreg.errors import JnregError, first_line, internal_error
+
+if TYPE_CHECKING:
+    from jnreg.registry.store import ModelStore
 
 
 @dataclass
@@ -130,7 +133,7 @@ def settings(ctx: click.Context) -> Settings:
     return ctx.find_root().obj
 
 
-def open_store(ctx: click.Context, root: Path | str | None = None) -> Any:
+def open_store(ctx: click.Context, root: Path | str | None = None) -> ModelStore:
     """The ModelStore at ``root``, else the global --store-root, else ./model_store (said on stderr)."""
     from jnreg.registry.store import DEFAULT_ROOT, ModelStore
 
@@ -144,7 +147,7 @@ def open_store(ctx: click.Context, root: Path | str | None = None) -> Any:
     return trusting(ctx, ModelStore(root, agent_map))
 
 
-def trusting(ctx: click.Context, store: Any) -> Any:
+def trusting(ctx: click.Context, store: ModelStore) -> ModelStore:
     """``store`` under the trust policy of --trusted-key, when given (else $JNREG_TRUSTED_KEYS applies)."""
     keys = settings(ctx).trusted_keys
     if keys:

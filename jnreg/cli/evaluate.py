@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -11,10 +11,13 @@ from jnreg.cli.base import TEMPERATURE, MultiValueCommand, echo_json, open_store
 from jnreg.cli.report import refresh_page
 from jnreg.names import EVAL_ROWS_FILE
 
+if TYPE_CHECKING:
+    from jnreg.core.host.spec import AgentSpec
+
 SHOWN = ("rows", "eval_loss", "json_rate", "schema_valid", "exact_match")
 
 
-def _spec(agent: str) -> Any:
+def _spec(agent: str) -> AgentSpec:
     from jnreg.core.host.plugins import get_host
 
     return get_host().get(agent).spec

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from jnreg.cli.base import echo_json, open_store
 from jnreg.errors import JnregError
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
-def refresh_page(store: Any, agent: str, version: str, echo: Any) -> str | None:
+    from jnreg.registry.store import ModelStore
+
+
+def refresh_page(store: ModelStore, agent: str, version: str, echo: Callable[[str], None]) -> str | None:
     """Rewrite the version's page beside it after a change; a page that cannot be made never undoes the change.
 
     Silent when it works, so the commands' own output (and their --json) stays as it was.

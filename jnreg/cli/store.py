@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -12,8 +12,14 @@ from jnreg.cli.base import StoreRoot, echo_json, open_store, progress_echo, sett
 from jnreg.cli.report import refresh_page, store_report
 from jnreg.errors import ConfigError, IntegrityError, StoreError, StoreNotFound
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from datetime import datetime
 
-def _sign_key_option(function: Any) -> Any:
+    from jnreg.registry.store import ModelStore
+
+
+def _sign_key_option(function: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--sign-key",
         type=click.Path(path_type=Path, dir_okay=False),
@@ -21,7 +27,7 @@ def _sign_key_option(function: Any) -> Any:
     )(function)
 
 
-def _signature_text(model_store: Any, agent: str, version: str) -> str:
+def _signature_text(model_store: ModelStore, agent: str, version: str) -> str:
     """How ``store show`` describes a version's signature (under a trust policy, show refuses any other)."""
     from jnreg.registry.signing import short
 
@@ -43,7 +49,7 @@ def _version_row(manifest: dict[str, Any], current: str | None) -> dict[str, Any
     }
 
 
-def _latest_evaluation(model_store: Any, agent: str, version: str) -> dict[str, Any] | None:
+def _latest_evaluation(model_store: ModelStore, agent: str, version: str) -> dict[str, Any] | None:
     """The latest evaluation of a version, as ``store list --json`` carries it."""
     found = model_store.evaluations(agent, version)
     if not found:
@@ -60,7 +66,7 @@ def _metrics_line(document: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _require_option(function: Any) -> Any:
+def _require_option(function: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--require",
         "require",
@@ -267,7 +273,7 @@ def show(ctx: click.Context, agent: str, version: str | None, as_json: bool) -> 
 AT_HELP = "A past moment: ISO 8601 (2026-11-25T12:00:00Z; no zone is UTC), or a version, meaning its publish time."
 
 
-def _moment(entries: list[dict[str, Any]], agent: str, text: str) -> Any:
+def _moment(entries: list[dict[str, Any]], agent: str, text: str) -> datetime:
     """The time ``--at`` names: a version's publish time, else an ISO 8601 time."""
     from jnreg.registry import journal
 
@@ -275,7 +281,7 @@ def _moment(entries: list[dict[str, Any]], agent: str, text: str) -> Any:
     return journal.parse_time(published or text)
 
 
-def _in_service_at(model_store: Any, agent: str, text: str) -> tuple[str | None, list[dict[str, Any]]]:
+def _in_service_at(model_store: ModelStore, agent: str, text: str) -> tuple[str | None, list[dict[str, Any]]]:
     """(the version in service at ``--at``, or None; the journal up to then)."""
     from jnreg.registry import journal
 
@@ -319,7 +325,7 @@ def resolve(ctx: click.Context, agent: str, version: str | None, at: str | None,
         click.echo(f"{key}: {value}")
 
 
-def _refresh_pages(model_store: Any, agent: str, entry: dict[str, Any], echo: Any) -> None:
+def _refresh_pages(model_store: ModelStore, agent: str, entry: dict[str, Any], echo: Callable[[str], None]) -> None:
     """The pages of the versions a promote or rollback moved service between, which show it."""
     for version in dict.fromkeys(v for v in (entry["current"], entry["previous"]) if v):
         if model_store.read_report(agent, version) is not None:

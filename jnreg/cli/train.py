@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,6 +13,14 @@ from jnreg.cli.base import MultiValueCommand, echo_json, open_store, progress_ec
 from jnreg.cli.train_options import config_options, config_values
 from jnreg.core.training import launch
 from jnreg.errors import ConfigError, GateError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from jnreg.core.evaluation.gate import Requirement
+    from jnreg.core.host.plugins import Agent
+    from jnreg.core.training.config import TrainConfig
+    from jnreg.registry.store import ModelStore
 
 
 @click.command(cls=MultiValueCommand)
@@ -97,12 +105,12 @@ def _train(
 
 def _run(
     ctx: click.Context,
-    agent: Any,
-    config: Any,
+    agent: Agent,
+    config: TrainConfig,
     as_json: bool,
     require: tuple[str, ...],
-    requirements: list[Any],
-    echo: Any,
+    requirements: list[Requirement],
+    echo: Callable[[str], None],
     sign_key: Path | None = None,
 ) -> None:
     if config.processes > 1 and not config.dry_run and not launch.is_distributed():
@@ -175,7 +183,7 @@ def _shown(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def _actions(config: Any, as_json: bool, require: tuple[str, ...]) -> list[str]:
+def _actions(config: TrainConfig, as_json: bool, require: tuple[str, ...]) -> list[str]:
     """The flags that say what to do with a run, which its saved config leaves out."""
     actions = ["--resume"] if config.resume else []
     if config.publish:
@@ -195,7 +203,7 @@ def _root_options(ctx: click.Context) -> list[str]:
     return options + (["--agent-map", str(shared.agent_map)] if shared.agent_map else [])
 
 
-def _print_config(config: Any, echo: Any) -> None:
+def _print_config(config: TrainConfig, echo: Callable[[str], None]) -> None:
     import textwrap
 
     from jnreg.core.training.config import CONFIG_FILE
@@ -218,7 +226,7 @@ def _print_config(config: Any, echo: Any) -> None:
     echo(f"global batch: {launch.describe_global_batch(config)}")
 
 
-def _store_for(ctx: click.Context, config: Any, sign_key: Path | None = None) -> Any:
+def _store_for(ctx: click.Context, config: TrainConfig, sign_key: Path | None = None) -> ModelStore:
     """The store to publish into, checked before training so a run that cannot be published fails now."""
     from jnreg.registry.signing import load_signer
 
@@ -228,7 +236,7 @@ def _store_for(ctx: click.Context, config: Any, sign_key: Path | None = None) ->
     return store
 
 
-def _requirements(config: Any, require: tuple[str, ...]) -> list[Any]:
+def _requirements(config: TrainConfig, require: tuple[str, ...]) -> list[Requirement]:
     if not config.publish:
         return []
     from jnreg.release import requirements_for
@@ -237,7 +245,11 @@ def _requirements(config: Any, require: tuple[str, ...]) -> list[Any]:
 
 
 def _publish(
-    store: Any, config: Any, echo: Any, requirements: list[Any], sign_key: Path | None = None
+    store: ModelStore,
+    config: TrainConfig,
+    echo: Callable[[str], None],
+    requirements: list[Requirement],
+    sign_key: Path | None = None,
 ) -> dict[str, Any]:
     import sys
 

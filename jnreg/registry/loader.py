@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from jnreg.errors import IntegrityError
 from jnreg.registry.agent_map import entry_for, hf_id_of
 from jnreg.registry.results import Resolution
 from jnreg.registry.store import ModelStore
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedTokenizerBase
 
 
 def resolve(
@@ -27,7 +31,9 @@ def resolve(
     return _store(store_root, agent_map, trusted_keys).resolve(agent, version)
 
 
-def _store(root: Path | str | None, agent_map: Path | str | None, trusted_keys: Sequence[Path | str] | None) -> Any:
+def _store(
+    root: Path | str | None, agent_map: Path | str | None, trusted_keys: Sequence[Path | str] | None
+) -> ModelStore:
     store = ModelStore(root, agent_map)
     if trusted_keys:
         store.trust_keys(list(trusted_keys))
@@ -59,10 +65,10 @@ def load(
     *,
     store_root: Path | str | None = None,
     agent_map: Path | str | None = None,
-    device_map: Any = None,
+    device_map: str | dict[str, int | str] | None = None,
     store: ModelStore | None = None,
     trusted_keys: Sequence[Path | str] | None = None,
-) -> tuple[Any, Any]:
+) -> tuple[PeftModel, PreTrainedTokenizerBase]:
     """(PeftModel, tokenizer) for ``agent``, after checking every file's checksum, its signature under a
     trust policy (``trusted_keys`` or $JNREG_TRUSTED_KEYS), and the base model.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jnreg.errors import IntegrityError, SignatureError, StoreConflict, StoreError
 from jnreg.names import check_version
@@ -27,11 +27,14 @@ from jnreg.registry.signing import (
     statement_problems,
 )
 
+if TYPE_CHECKING:
+    from jnreg.registry.storage.base import Storage
+
 
 class SignedVersions:
     """Signing, and checking signatures against the host's trust policy, for a ModelStore."""
 
-    storage: Any  # the ModelStore's storage
+    storage: Storage  # the ModelStore's storage
 
     def _read_signature(self, agent: str, version: str) -> bytes | None:
         return self.storage.read_signature(agent, version)

@@ -22,11 +22,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jnreg.errors import IntegrityError, SignatureError, StoreError
 from jnreg.fsutil import dump_json
 from jnreg.schemas import errors as schema_errors
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
 SIGNATURE = "model.sig"
 SIGNING_KEY_ENV = "JNREG_SIGNING_KEY"
@@ -42,13 +47,13 @@ CURVES = {"secp256r1": 256, "secp384r1": 384, "secp521r1": 521}
 MAX_SIGNATURE_BYTES = 16 * 1024 * 1024
 
 
-def _hash_for(key: Any) -> Any:
+def _hash_for(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) -> hashes.HashAlgorithm:
     from cryptography.hazmat.primitives import hashes
 
     return {256: hashes.SHA256, 384: hashes.SHA384, 521: hashes.SHA512}[CURVES[key.curve.name]]()
 
 
-def fingerprint(public_key: Any) -> str:
+def fingerprint(public_key: ec.EllipticCurvePublicKey) -> str:
     """sha256 of the key's PEM SubjectPublicKeyInfo: the hint model_signing puts in the bundle."""
     from cryptography.hazmat.primitives import serialization
 
@@ -66,7 +71,7 @@ def pae(payload: bytes) -> bytes:
     return b"DSSEv1 %d %s %d %s" % (len(PAYLOAD_TYPE), PAYLOAD_TYPE.encode(), len(payload), payload)
 
 
-def _curve_checked(key: Any, where: str) -> Any:
+def _curve_checked(key: PrivateKeyTypes | PublicKeyTypes, where: str) -> Any:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     public = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
@@ -79,7 +84,7 @@ def _curve_checked(key: Any, where: str) -> Any:
 class Signer:
     """A loaded private key: signs versions. Its content is never printed, stored or put in an error."""
 
-    key: Any = field(repr=False)
+    key: ec.EllipticCurvePrivateKey = field(repr=False)
     fingerprint: str
     where: str
 
@@ -290,7 +295,7 @@ class TrustPolicy:
         return fp
 
 
-def _verifies(key: Any, bundle: Bundle) -> bool:
+def _verifies(key: ec.EllipticCurvePublicKey, bundle: Bundle) -> bool:
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -301,7 +306,7 @@ def _verifies(key: Any, bundle: Bundle) -> bool:
     return True
 
 
-def load_public_key(path: Path | str) -> Any:
+def load_public_key(path: Path | str) -> ec.EllipticCurvePublicKey:
     where = f"trusted key {path}"
     try:
         data = Path(path).expanduser().read_bytes()

@@ -11,9 +11,12 @@ import json
 from collections.abc import Mapping
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jnreg.errors import IntegrityError, first_line
+
+if TYPE_CHECKING:
+    import jsonschema_rs
 
 SCHEMA_NAMES = (
     "manifest",
@@ -47,7 +50,7 @@ def load_schema(name: str) -> dict[str, Any]:
 class Checker:
     """A compiled schema; ``errors`` says every way a document fails it."""
 
-    def __init__(self, validator: Any) -> None:
+    def __init__(self, validator: jsonschema_rs.Draft202012Validator) -> None:
         self._validator = validator
 
     def errors(self, document: Any) -> list[str]:

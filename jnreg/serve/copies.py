@@ -11,12 +11,15 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jnreg.errors import IntegrityError
 from jnreg.fsutil import copy_new_file, dump_json, fsync_dir, make_read_only, owned_name, remove_tree, sha256_file
 from jnreg.names import check_agent, check_version
 from jnreg.registry.manifests import prompt_format
+
+if TYPE_CHECKING:
+    from jnreg.registry.store import ModelStore
 
 MANIFEST = "manifest.json"
 COPIES_ENV = "JNREG_SERVE_CACHE"
@@ -96,7 +99,7 @@ def _served(manifest: dict[str, Any], path: Path) -> ServedVersion:
     )
 
 
-def served_copy(store: Any, agent: str, version: str) -> ServedVersion:
+def served_copy(store: ModelStore, agent: str, version: str) -> ServedVersion:
     """``agent`` ``version`` from ``store`` as a verified local copy, made (downloaded) once per digest.
 
     Threads of one process and other processes asking for the same version at the same time wait for the

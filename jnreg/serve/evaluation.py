@@ -9,7 +9,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jnreg.core.data import rows as data_mod
 from jnreg.core.evaluation.evaluate import Evaluation, evaluation_of
@@ -20,9 +20,12 @@ from jnreg.serve import names
 from jnreg.serve.copies import served_copy
 from jnreg.serve.launch import PYTHON_ENV, rank_limit
 
+if TYPE_CHECKING:
+    from jnreg.registry.store import ModelStore
+
 
 def evaluate_served(
-    store: Any,
+    store: ModelStore,
     agent: str,
     version: str,
     spec: AgentSpec,

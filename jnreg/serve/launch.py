@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from jnreg.errors import StoreError
 from jnreg.serve.environment import BASE_ENV, STORE_ENV
+
+if TYPE_CHECKING:
+    from jnreg.registry.store import ModelStore
 
 # The LoRA ranks vLLM accepts for --max-lora-rank.
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -39,7 +42,7 @@ def rank_limit(ranks: list[int]) -> int:
 
 
 def plan(
-    store: Any,
+    store: ModelStore,
     agents: list[str] | None = None,
     *,
     host: str = "127.0.0.1",

@@ -13,11 +13,14 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jnreg.errors import first_line
 from jnreg.serve import names
 from jnreg.serve.environment import STORE_ENV, store_root
+
+if TYPE_CHECKING:
+    from jnreg.registry.store import ModelStore
 
 REWRITTEN_PATHS = ("/v1/completions", "/v1/chat/completions")
 # A request body larger than this is no completion request jnreg would rewrite; it goes through unread.
@@ -55,7 +58,7 @@ class FreshReads:
 class AgentNames:
     """Maps a bare agent name in a completion request to ``<agent>@<version in service>`` before vLLM sees it."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], store: Any = None) -> None:
+    def __init__(self, app: Callable[..., Awaitable[None]], store: ModelStore | None = None) -> None:
         self.app = app
         self._store = store
         self._reads = FreshReads(self._current)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vllm.lora.request import LoRARequest
 from vllm.lora.resolver import LoRAResolver, LoRAResolverRegistry
@@ -21,6 +21,9 @@ from jnreg.errors import first_line
 from jnreg.serve import names
 from jnreg.serve.copies import ServedVersion, served_copy
 from jnreg.serve.environment import BASE_ENV, store_root
+
+if TYPE_CHECKING:
+    from jnreg.registry.store import ModelStore
 
 RESOLVER_NAME = "jnreg"
 
@@ -44,12 +47,12 @@ class VersionRequest(LoRARequest, array_like=True, omit_defaults=True):  # type:
 class RegistryResolver(LoRAResolver):
     """Resolves pinned names against one ModelStore."""
 
-    def __init__(self, store: Any = None, base_model: str | None = None) -> None:
+    def __init__(self, store: ModelStore | None = None, base_model: str | None = None) -> None:
         self._store = store
         self._base_model = base_model
 
     @property
-    def store(self) -> Any:
+    def store(self) -> ModelStore:
         if self._store is None:
             from jnreg.registry import ModelStore
 

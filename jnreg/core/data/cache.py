@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jnreg.core.data import rows as data_mod
 from jnreg.core.data.lease import Lease, hold, unheld
@@ -35,6 +35,11 @@ from jnreg.errors import DataError
 from jnreg.fsutil import atomic_write, dump_json
 from jnreg.names import EVAL_ROWS_FILE
 from jnreg.schemas import errors as schema_errors
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase
 
 FORMAT_VERSION = 2
 META_FILE = "meta.json"
@@ -61,7 +66,7 @@ def workers() -> int:
     return max(1, min(cores, 8))
 
 
-def tokenizer_fingerprint(tokenizer: Any) -> str:
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """A digest of everything in the tokenizer that can change token ids or the chat text."""
     digest = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -178,7 +183,7 @@ class TokenizedSet:
     supervised_tokens: int
     truncated: list[str]
     dropped: list[str]
-    _table: Any = field(default=None, repr=False, compare=False)
+    _table: pa.Table | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_counts(cls, path: Path, counts: dict[str, Any]) -> TokenizedSet:
@@ -196,7 +201,7 @@ class TokenizedSet:
     def __len__(self) -> int:
         return self.count
 
-    def table(self) -> Any:
+    def table(self) -> pa.Table:
         """The rows as a pyarrow Table mapped from the file (nothing is read until used)."""
         if self._table is None:
             import pyarrow as pa
@@ -205,7 +210,7 @@ class TokenizedSet:
         return self._table
 
     @property
-    def dataset(self) -> Any:
+    def dataset(self) -> Dataset:
         """A ``datasets.Dataset`` over the file, memory-mapped: what the trainer reads."""
         from datasets import Dataset
 
@@ -223,7 +228,7 @@ class TokenizedSet:
         return self.table().to_pylist()
 
 
-def _row_schema() -> Any:
+def _row_schema() -> pa.Schema:
     import pyarrow as pa
 
     return pa.schema([("input_ids", pa.list_(pa.int32())), ("completion_mask", pa.list_(pa.int8()))])

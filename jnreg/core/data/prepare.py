@@ -5,13 +5,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jnreg.core.data import cache as datacache
 from jnreg.core.data import rows as data_mod
 from jnreg.core.host.plugins import Agent
 from jnreg.core.training.config import TrainConfig
 from jnreg.errors import DataError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -113,7 +116,7 @@ def describe_source(config: TrainConfig, agent: Agent) -> str:
     return f"{agent.name} sample data ({agent.plugin})"
 
 
-def prepare_data(config: TrainConfig, agent: Agent, tokenizer: Any) -> PreparedData:
+def prepare_data(config: TrainConfig, agent: Agent, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
     """The run's rows checked, split and tokenized, or all of that found in the data cache.
 
     Rows from files are keyed by the files' bytes, so a rerun skips even the row checks; rows
@@ -222,7 +225,7 @@ def source_files(config: TrainConfig, agent: Agent) -> list[list[Path]] | None:
         return None  # reading the rows reports it, in its place among the other checks
 
 
-def cache_settings(config: TrainConfig, agent: Agent, tokenizer: Any) -> dict[str, Any]:
+def cache_settings(config: TrainConfig, agent: Agent, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
     """Everything besides the rows that the checked and tokenized rows depend on."""
     return {
         "split": None if config.eval_files else {"eval_fraction": config.eval_fraction, "seed": config.seed},

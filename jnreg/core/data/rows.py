@@ -12,12 +12,15 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jnreg.core.host.spec import AgentSpec, DataOptions, PromptTemplate, Record
 from jnreg.errors import DataError, first_line
 from jnreg.fsutil import json_message
 from jnreg.schemas import Checker, checker
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 TEMPLATE_FIELDS = {"prompt", "response", "system"}
 
@@ -307,7 +310,9 @@ def held_out(count: int, fraction: float, seed: int) -> set[int]:
 class Renderer:
     """Turns examples into token ids exactly as serving sends them, and marks the trained tokens."""
 
-    def __init__(self, tokenizer: Any, template: PromptTemplate, prompt_template: str | None = None) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, template: PromptTemplate, prompt_template: str | None = None
+    ) -> None:
         self.tokenizer = tokenizer
         self.template = template
         self.prompt_template = prompt_template

@@ -12,13 +12,17 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jnreg.core.data import rows as data_mod
 from jnreg.core.evaluation.generation import generate_answer
 from jnreg.core.host.spec import AgentSpec, DataOptions
 from jnreg.errors import DataError
 from jnreg.schemas import Checker
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 # The held-out rows of a training run, written beside the adapter and published with it.
 
@@ -110,7 +114,9 @@ class Evaluation:
     details: dict[str, Any]
 
 
-def _row_loss(model: Any, renderer: data_mod.Renderer, example: data_mod.Example) -> tuple[float, int]:
+def _row_loss(
+    model: PreTrainedModel | PeftModel, renderer: data_mod.Renderer, example: data_mod.Example
+) -> tuple[float, int]:
     """(summed loss, supervised tokens) of the reference answer after its prompt, as training computes it."""
     import torch
 
@@ -126,8 +132,8 @@ def _row_loss(model: Any, renderer: data_mod.Renderer, example: data_mod.Example
 
 
 def evaluate(
-    model: Any,
-    tokenizer: Any,
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
     spec: AgentSpec,
     examples: Sequence[data_mod.Example],
     *,

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jnreg.core.data.rows import Renderer
 from jnreg.core.host.spec import AgentSpec
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-def generation_options(spec: AgentSpec, tokenizer: Any, max_new_tokens: int | None, temperature: float | None) -> dict:
+
+def generation_options(
+    spec: AgentSpec, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int | None, temperature: float | None
+) -> dict:
     """``generate()`` keyword arguments for the agent's serving settings; greedy when the temperature is 0."""
     temperature = spec.serving.temperature if temperature is None else temperature
     options: dict[str, Any] = {
@@ -24,8 +30,8 @@ def generation_options(spec: AgentSpec, tokenizer: Any, max_new_tokens: int | No
 
 
 def generate_answer(
-    model: Any,
-    tokenizer: Any,
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
     spec: AgentSpec,
     prompt: str,
     *,

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from jnreg.errors import ConfigError
 from jnreg.fsutil import fsync_dir, owned_name, remove_tree
+
+if TYPE_CHECKING:
+    import torch
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DTYPES = ("bf16", "fp32")
 QUANTIZED_PARAMS = ("Params4bit", "Int8Params")  # bitsandbytes' 4-bit and 8-bit weights
 
 
-def torch_dtype(name: str) -> Any:
+def torch_dtype(name: str) -> torch.dtype:
     import torch
 
     if name not in DTYPES:
@@ -21,7 +26,7 @@ def torch_dtype(name: str) -> Any:
     return {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
 
 
-def _dense_weight(layer: Any) -> Any:
+def _dense_weight(layer: torch.nn.Linear) -> torch.Tensor:
     """A linear layer's weight in fp32, dequantized when bitsandbytes holds it in 4 or 8 bits."""
     from peft.utils.integrations import dequantize_bnb_weight
 
@@ -33,7 +38,7 @@ def _dense_weight(layer: Any) -> Any:
     return weight.detach().float()
 
 
-def merge_adapter(model: Any, dtype: str = "bf16") -> Any:
+def merge_adapter(model: PeftModel, dtype: str = "bf16") -> PreTrainedModel:
     """The base of a loaded PeftModel with its active LoRA adapter merged in, as a plain ``dtype`` model.
 
     Each adapted layer becomes ``W + scale·B·A`` with ``W`` the base weight the adapter was trained and served
@@ -129,7 +134,7 @@ def check_target(target: Path) -> Path:
     return parent
 
 
-def write_model_dir(model: Any, tokenizer: Any, target: Path, card: str) -> None:
+def write_model_dir(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path, card: str) -> None:
     """Save model, tokenizer and card as a transformers directory, renamed into place only when complete."""
     target = Path(target)
     parent = check_target(target)

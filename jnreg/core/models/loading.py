@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jnreg.errors import ModelError, first_line
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import BitsAndBytesConfig, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 TINY_MODEL_ID = "jnreg:tiny-mistral"
 QUANTIZATIONS = ("nf4", "8bit", "none")
@@ -60,7 +64,9 @@ def _load(what: str, model_id: str, loader: Any, **kwargs: Any) -> Any:
         raise ModelError(f"cannot load the {what} of {model_id!r}: {first_line(exc)}") from None
 
 
-def load_tokenizer(model_id_or_path: str, *, token: str | None = None, revision: str | None = None) -> Any:
+def load_tokenizer(
+    model_id_or_path: str, *, token: str | None = None, revision: str | None = None
+) -> PreTrainedTokenizerBase:
     """The tokenizer, with a pad token that is never EOS (so padding can never mask EOS out of the labels)."""
     from transformers import AutoTokenizer
 
@@ -75,7 +81,7 @@ def load_tokenizer(model_id_or_path: str, *, token: str | None = None, revision:
     return tokenizer
 
 
-def load_config(model_id: str, *, token: str | None = None, revision: str | None = None) -> Any:
+def load_config(model_id: str, *, token: str | None = None, revision: str | None = None) -> PretrainedConfig:
     from transformers import AutoConfig
 
     return _load("config", model_id, AutoConfig.from_pretrained, token=token, revision=revision)
@@ -108,7 +114,7 @@ def quiet_library_warnings() -> None:
     transformers_logging.disable_progress_bar()
 
 
-def compute_dtype(device: str) -> Any:
+def compute_dtype(device: str) -> torch.dtype:
     """bf16 on a GPU that supports it, fp16 on an older GPU, fp32 on the CPU."""
     import torch
 
@@ -123,7 +129,7 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def quantization_config(quantization: str | None, device: str) -> Any:
+def quantization_config(quantization: str | None, device: str) -> BitsAndBytesConfig | None:
     """bitsandbytes settings: 4-bit NF4 with double quantization, 8-bit, or none."""
     from transformers import BitsAndBytesConfig
 
@@ -145,10 +151,10 @@ def load_base_model(
     model_id: str,
     quantization: str | None = "nf4",
     *,
-    device_map: Any = None,
+    device_map: str | dict[str, int | str] | None = None,
     token: str | None = None,
     revision: str | None = None,
-) -> Any:
+) -> PreTrainedModel:
     """The base causal LM, quantized as asked, on the GPU when there is one."""
     from transformers import AutoModelForCausalLM
 
@@ -169,7 +175,7 @@ def load_base_model(
     return model
 
 
-def keep_training_layout(model: Any) -> int:
+def keep_training_layout(model: torch.nn.Module) -> int:
     """Keep every 4-bit weight in the layout training computes gradients with, evaluations included.
 
     On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit weight for fast inference the first time

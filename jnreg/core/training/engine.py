@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jnreg.core.data.prepare import PreparedData, data_files, prepare_data, row_notes
 from jnreg.core.host.plugins import Agent
@@ -32,6 +32,11 @@ from jnreg.core.training.outputs import (
 from jnreg.errors import ConfigError, first_line
 from jnreg.names import TRAINING_LOG_FILE
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
+
+    from jnreg.core.training.trainer import RunTrainer
+
 Echo = Callable[[str], None]
 
 
@@ -47,15 +52,15 @@ def _device_metrics(device: str) -> int:
 class Setup:
     """A trainer ready to run, with the data and device it was built for."""
 
-    trainer: Any
+    trainer: RunTrainer
     prepared: PreparedData
-    tokenizer: Any
+    tokenizer: PreTrainedTokenizerBase
     device: str
     resume_from: str | None
     resumed_step: int = 0
 
 
-def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: Sequence[Any] = ()) -> Setup:
+def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: Sequence[TrainerCallback] = ()) -> Setup:
     """Check the environment, prepare the data, load the quantized base, add LoRA, build the trainer."""
     # One of several data-parallel processes: each holds a replica; only the main one writes or prints.
     config, echo = launch.in_this_world(config), launch.main_only(echo)
@@ -210,7 +215,7 @@ def setup(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: S
     return Setup(trainer, prepared, tokenizer, report.device, resume_from, resumed_step)
 
 
-def _final_eval_loss(trainer: Any) -> float:
+def _final_eval_loss(trainer: Trainer) -> float:
     """The eval loss of the trained adapter: the last evaluation if it ran at the final step, else a new one."""
     state = trainer.state
     if not trainer.args.load_best_model_at_end:
@@ -234,7 +239,7 @@ def _save_eval_rows(output_dir: Path, prepared: PreparedData) -> None:
         path.unlink(missing_ok=True)  # a rerun without eval rows must not publish an older run's
 
 
-def planned_steps(trainer: Any) -> int:
+def planned_steps(trainer: Trainer) -> int:
     """The optimizer steps the run is set to end at: ``max_steps``, else what its epochs come to."""
     if trainer.args.max_steps > 0:
         return int(trainer.args.max_steps)
@@ -253,7 +258,7 @@ def _finished_summary(output_dir: Path, step: int) -> dict[str, Any] | None:
     return summary if finished and (output_dir / "adapter_model.safetensors").is_file() else None
 
 
-def _load_checkpoint(trainer: Any, checkpoint: str) -> None:
+def _load_checkpoint(trainer: Trainer, checkpoint: str) -> None:
     """The checkpoint's adapter weights and Trainer state, for a run that has no step left to train."""
     from transformers import TrainerState
 
@@ -261,7 +266,9 @@ def _load_checkpoint(trainer: Any, checkpoint: str) -> None:
     trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / checkpoints.STATE_FILE))
 
 
-def train(config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+def train(
+    config: TrainConfig, agent: Agent, *, echo: Echo = print, callbacks: Sequence[TrainerCallback] = ()
+) -> dict[str, Any]:
     """Train the adapter and write it, the tokenizer, the summary and the effective config.
 
     ``resume`` continues from the newest complete checkpoint to the run's last step. A run that

@@ -19,9 +19,12 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jnreg.errors import ConfigError, JnregError, LaunchError, first_line, internal_error
+
+if TYPE_CHECKING:
+    from jnreg.core.training.config import TrainConfig
 
 # Set for the processes `jnreg train --processes N` starts: where they leave their errors.
 LAUNCH_DIR_ENV = "JNREG_LAUNCH_DIR"
@@ -71,7 +74,7 @@ def _silent(_line: str) -> None:
     pass
 
 
-def in_this_world(config: Any) -> Any:
+def in_this_world(config: TrainConfig) -> TrainConfig:
     """The config with ``processes`` equal to the processes actually running; a contradiction is an error."""
     size = world_size()
     if not is_distributed() or config.processes == size:
@@ -184,7 +187,7 @@ def check_devices(processes: int) -> str:
     return "on the CPU, gloo"
 
 
-def describe_global_batch(config: Any) -> str:
+def describe_global_batch(config: TrainConfig) -> str:
     def count(n: int, what: str) -> str:
         return f"{n} {what}{'' if n == 1 else 'es' if what.endswith('s') else 's'}"
 
@@ -194,7 +197,7 @@ def describe_global_batch(config: Any) -> str:
     )
 
 
-def run(config: Any, *, actions: list[str], root_options: list[str], echo: Echo) -> None:
+def run(config: TrainConfig, *, actions: list[str], root_options: list[str], echo: Echo) -> None:
     """Train with ``config.processes`` processes; return when all finished, raise LaunchError if one failed."""
     from accelerate.commands.launch import launch_command, launch_command_parser
 

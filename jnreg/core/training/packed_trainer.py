@@ -9,18 +9,25 @@ gradients are the same; evaluation, early stopping, checkpoints and resuming are
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jnreg.core.training.packing import packed_forward
 from jnreg.core.training.trainer import RunTrainer
+
+if TYPE_CHECKING:
+    import torch
 
 
 class PackedSFTTrainer(RunTrainer):
     """SFTTrainer whose batches come from ``PackedCollator`` and whose loss skips ignored positions."""
 
     def compute_loss(
-        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
-    ) -> Any:
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         import torch
         import torch.nn.functional as F
 

@@ -21,7 +21,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PretrainedConfig, PreTrainedModel
 
 ATTENTION = "jnreg_rows"
 IGNORE = -100
@@ -46,15 +50,15 @@ def row_mask(*args: Any, **kwargs: Any) -> Any:
 
 
 def row_attention(
-    module: Any,
-    query: Any,
-    key: Any,
-    value: Any,
-    attention_mask: Any,
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
     dropout: float = 0.0,
     scaling: float | None = None,
     **kwargs: Any,
-) -> tuple[Any, None]:
+) -> tuple[torch.Tensor, None]:
     """sdpa on each packed row's span alone; a batch without row boundaries is plain sdpa."""
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -84,7 +88,7 @@ def row_attention(
     return torch.cat(pieces, dim=1), None
 
 
-def install_row_attention(model: Any) -> None:
+def install_row_attention(model: PreTrainedModel) -> None:
     """Make ``model`` attend within packed rows; padded batches (generation, a plain forward) stay sdpa."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
@@ -94,7 +98,7 @@ def install_row_attention(model: Any) -> None:
     model.set_attn_implementation(ATTENTION)
 
 
-def can_pack(model_config: Any, max_length: int) -> bool:
+def can_pack(model_config: PretrainedConfig, max_length: int) -> bool:
     """Rows are attended whole, so pack only when no row can be longer than the model's sliding window."""
     window = getattr(model_config, "sliding_window", None)
     return window is None or window >= max_length

@@ -5,9 +5,16 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jnreg.errors import ConfigError, EnvironmentCheckError, first_line
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PretrainedConfig
+
+    from jnreg.core.data.prepare import PreparedData
+    from jnreg.core.training.config import TrainConfig
 
 # The libraries whose versions the checks compare with jnreg's own requirements in pyproject.toml.
 CHECKED = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "safetensors")
@@ -142,7 +149,7 @@ def _check_bitsandbytes(report: Report, quantization: str) -> None:
     report.ok(f"bitsandbytes {bnb.__version__}: {quantization} layers run on the {backend}")
 
 
-def check_target_modules(model: Any, target_modules: tuple[str, ...]) -> None:
+def check_target_modules(model: torch.nn.Module, target_modules: tuple[str, ...]) -> None:
     """ConfigError naming every target module that matches no module of ``model``, as peft matches names.
 
     peft wraps what matches and ignores the rest, so a misspelt name would silently train less.
@@ -166,7 +173,7 @@ def check_target_modules(model: Any, target_modules: tuple[str, ...]) -> None:
         )
 
 
-def count_parameters(model_config: Any, target_modules: tuple[str, ...], r: int) -> dict[str, int]:
+def count_parameters(model_config: PretrainedConfig, target_modules: tuple[str, ...], r: int) -> dict[str, int]:
     """Parameter counts by kind, from the config alone (no weights are loaded); unknown target modules fail."""
     import torch
     from accelerate import init_empty_weights
@@ -190,7 +197,7 @@ def count_parameters(model_config: Any, target_modules: tuple[str, ...], r: int)
 
 
 def estimate_gpu_memory(
-    model_config: Any,
+    model_config: PretrainedConfig,
     *,
     quantization: str,
     target_modules: tuple[str, ...],
@@ -224,7 +231,7 @@ def estimate_gpu_memory(
     }
 
 
-def activation_bytes(model_config: Any, tokens: int, *, dtype_bytes: int, checkpointing: bool) -> int:
+def activation_bytes(model_config: PretrainedConfig, tokens: int, *, dtype_bytes: int, checkpointing: bool) -> int:
     """Activations kept for the backward pass of ``tokens`` tokens, with or without gradient checkpointing.
 
     A decoder layer keeps about 16 hidden-sized and 5 MLP-sized values a token (norms, q/k/v,
@@ -240,7 +247,9 @@ def activation_bytes(model_config: Any, tokens: int, *, dtype_bytes: int, checkp
     return per_layer * layers
 
 
-def needs_checkpointing(model_config: Any, config: Any, prepared: Any, report: Report) -> bool:
+def needs_checkpointing(
+    model_config: PretrainedConfig, config: TrainConfig, prepared: PreparedData, report: Report
+) -> bool:
     """Whether a batch of the longest rows needs gradient checkpointing to fit in this device's memory.
 
     On a GPU the estimate without checkpointing must stay under 85% of its memory. On the CPU

@@ -5,9 +5,14 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+    from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
 
 Echo = Callable[[str], None]
 
@@ -30,7 +35,7 @@ class TrainingDisplay(TrainerCallback):
         self.echo = echo
         self.stream = stream or sys.stderr
         self.live = _is_terminal(self.stream) if live is None else live
-        self.bar: Any = None
+        self.bar: tqdm | None = None
         self.started = 0.0
         self.first_step = 0
         self.first_tokens = 0
@@ -38,7 +43,7 @@ class TrainingDisplay(TrainerCallback):
         self.eval_batches = 0
 
     @classmethod
-    def install(cls, trainer: Any, echo: Echo, **options: Any) -> TrainingDisplay:
+    def install(cls, trainer: Trainer, echo: Echo, **options: Any) -> TrainingDisplay:
         trainer.remove_callback(ProgressCallback)
         trainer.remove_callback(PrinterCallback)
         display = cls(echo, **options)
@@ -47,18 +52,18 @@ class TrainingDisplay(TrainerCallback):
 
     # What the run has done so far.
 
-    def tokens_per_second(self, state: Any) -> float | None:
+    def tokens_per_second(self, state: TrainerState) -> float | None:
         elapsed = time.monotonic() - self.started
         tokens = (state.num_input_tokens_seen or 0) - self.first_tokens
         return tokens / elapsed if elapsed > 0 and tokens > 0 else None
 
-    def seconds_left(self, state: Any) -> float | None:
+    def seconds_left(self, state: TrainerState) -> float | None:
         done = state.global_step - self.first_step
         if done <= 0 or not state.max_steps:
             return None
         return (time.monotonic() - self.started) / done * (state.max_steps - state.global_step)
 
-    def status(self, state: Any) -> list[str]:
+    def status(self, state: TrainerState) -> list[str]:
         parts = []
         if "loss" in self.last:
             parts.append(f"loss {self.last['loss']:.4f}")
@@ -78,7 +83,9 @@ class TrainingDisplay(TrainerCallback):
 
     # Trainer events.
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if not state.is_world_process_zero:
             return
         self.started = time.monotonic()
@@ -97,21 +104,35 @@ class TrainingDisplay(TrainerCallback):
                 bar_format="training {n_fmt}/{total_fmt} |{bar}| {desc} [{elapsed}<{remaining}]",
             )
 
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self.bar is not None:
             self.bar.update(state.global_step - self.bar.n)
             self.bar.set_description_str("  ".join(self.status(state)), refresh=True)
 
-    def on_prediction_step(self, args: Any, state: Any, control: Any, eval_dataloader: Any = None, **kwargs: Any):
+    def on_prediction_step(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        eval_dataloader: DataLoader | None = None,
+        **kwargs: Any,
+    ):
         self.eval_batches += 1
         if self.bar is not None:
             total = len(eval_dataloader) if eval_dataloader is not None else "?"
             self.bar.set_description_str(f"evaluating {self.eval_batches}/{total}", refresh=True)
 
-    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self.eval_batches = 0
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not state.is_world_process_zero or not logs or not self.started:
             return  # an evaluation outside training reports its own result
         self.last.update({k: float(logs[k]) for k in ("loss", "learning_rate") if k in logs})
@@ -130,7 +151,9 @@ class TrainingDisplay(TrainerCallback):
         if self.bar is not None:
             self.bar.set_description_str("  ".join(self.status(state)), refresh=True)
 
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None

@@ -15,9 +15,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trl import SFTTrainer
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader
+    from transformers.trainer_utils import EvalLoopOutput
 
 TOTALS = "JnregRunTotals"  # the key of the run's totals in the Trainer state's saved callback states
 
@@ -27,11 +33,13 @@ class RunTrainer(SFTTrainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._step_loss: Any = None
+        self._step_loss: torch.Tensor | None = None
 
     # Training.
 
-    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
         from torch.nn.parallel import DistributedDataParallel
 
         if self.accelerator.num_processes > 1 and not isinstance(model, DistributedDataParallel):
@@ -71,12 +79,12 @@ class RunTrainer(SFTTrainer):
 
     def evaluation_loop(
         self,
-        dataloader: Any,
+        dataloader: DataLoader,
         description: str,
         prediction_loss_only: bool | None = None,
         ignore_keys: list[str] | None = None,
         metric_key_prefix: str = "eval",
-    ) -> Any:
+    ) -> EvalLoopOutput:
         import torch
         from torch.utils.data import DataLoader
         from transformers.trainer_utils import EvalLoopOutput

@@ -13,9 +13,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jnreg.errors import StoreError, first_line
+
+if TYPE_CHECKING:
+    from obstore import PutMode
 
 SCHEME = "s3://"
 PART = 8 * 1024 * 1024
@@ -113,7 +116,7 @@ class Bucket:
     def put(self, key: str, data: bytes) -> None:
         self._put(key, data, "overwrite")
 
-    def _put(self, key: str, data: bytes, mode: Any) -> None:
+    def _put(self, key: str, data: bytes, mode: PutMode) -> None:
         import obstore
         from obstore.exceptions import AlreadyExistsError, PreconditionError
 

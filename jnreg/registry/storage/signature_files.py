@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from jnreg.errors import IntegrityError, StoreConflict, StoreNotFound
 from jnreg.fsutil import fsync_dir, make_read_only, owned_name, write_new_file
@@ -17,14 +17,20 @@ from jnreg.registry.signing import SIGNATURE
 from jnreg.registry.storage.bucket import Conflict
 from jnreg.registry.storage.object_layout import version_key
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from contextlib import AbstractContextManager
+
+    from jnreg.registry.storage.bucket import Bucket
+
 
 class LocalSignatureFiles:
     """``model.sig`` in a local version directory, which is read-only once published."""
 
     root: Path
-    version_dir: Any
-    is_visible: Any
-    writing: Any
+    version_dir: Callable[[str, str], Path]
+    is_visible: Callable[[str, str], bool]
+    writing: Callable[[str], AbstractContextManager[Path]]
 
     def read_signature(self, agent: str, label: str) -> bytes | None:
         path = self.version_dir(agent, label) / SIGNATURE
@@ -57,7 +63,7 @@ class LocalSignatureFiles:
 class ObjectSignatureFiles:
     """``model.sig`` as an object beside the version's files."""
 
-    bucket: Any
+    bucket: Bucket
 
     def read_signature(self, agent: str, label: str) -> bytes | None:
         got = self.bucket.get(version_key(check_agent(agent), check_version(label), SIGNATURE))
