@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -102,9 +101,9 @@ def bench_eval(root: Path, work: Path, rows: int, tokens: int, env: dict[str, st
 
 class Server:
     def __init__(self, root: Path, log: Path, env: dict[str, str]) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        from jnreg.testing import free_port
+
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         command = [sys.executable, "-m", "jnreg", "--store-root", str(root), "serve", "--port", str(port), "--"]
         command += ["--max-loras", "8", "--max-num-seqs", "16", "--max-model-len", "2048"]

@@ -71,12 +71,17 @@ def builtin_agents(register_plugin: Callable[..., str]) -> Host:
 __all__ = ["BUILTIN_PLUGINS", "ENTRY_POINT_GROUP", "builtin_agents", "jnreg_host", "register_plugin"]
 
 
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now, for a test server."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @contextlib.contextmanager
 def s3_server(start_timeout_s: float = 30) -> Iterator[str]:
     """moto's S3 API server on a free port of 127.0.0.1 (needs ``moto[server]``): its URL, until the block ends."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

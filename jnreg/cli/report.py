@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from jnreg.cli.base import echo_json, open_store
-from jnreg.errors import JnregError
+from jnreg.errors import JnregError, first_line
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -26,7 +26,7 @@ def refresh_page(store: ModelStore, agent: str, version: str, echo: Callable[[st
     try:
         where = write_version_page(store, agent, version)
     except (JnregError, OSError) as exc:
-        echo(f"note: the page of {agent} {version} was not written: {str(exc).splitlines()[0]}")
+        echo(f"note: the page of {agent} {version} was not written: {first_line(exc)}")
         return None
     return where
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from jnreg.testing import BUILTIN_PLUGINS
+from jnreg.testing import BUILTIN_PLUGINS, free_port
 from tests.registry_helpers import REPO, TINY
 from tests.serve.vllm_env import vllm_python
 
@@ -54,12 +53,6 @@ def publish(root: Path | str, agent: str, seed: int, work: Path, *, version: str
 
     source = make_lora(work / f"{agent}-{version}", seed, r)
     return ModelStore(root).publish(agent, source, version=version, promote=promote)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
