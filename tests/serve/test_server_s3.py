@@ -1,4 +1,5 @@
-"""The real vLLM server answering for an s3:// store (the moto server): publish, promote and rollback reach it."""
+"""vLLM's own server, started by hand, answering for an s3:// store (the moto server): publish, promote and
+rollback reach it."""
 
 from __future__ import annotations
 
@@ -35,7 +36,9 @@ def s3_server(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     try:
         publish(root, "fact_checker", 11, work, version="v1", promote=True)
         publish(root, "fact_checker", 12, work, version="v2", promote=False)
-        running = start_server(root, work / "server.log", {**aws, "JNREG_SERVE_CACHE": str(work / "copies")})
+        # vLLM's own server, started by hand as docs/serving.md says, finds jnreg's resolver and middleware.
+        extra = {**aws, "JNREG_SERVE_CACHE": str(work / "copies")}
+        running = start_server(root, work / "server.log", extra, by_hand=True)
         try:
             yield running
         finally:
