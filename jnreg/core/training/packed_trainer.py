@@ -51,7 +51,9 @@ class PackedSFTTrainer(RunTrainer):
         self._metrics[mode]["entropy"].append((entropy / valid).item() if valid > 0 else 0.0)
         self._metrics[mode]["mean_token_accuracy"].append((correct / valid).item() if valid > 0 else 0.0)
         if mode == "train":
-            tokens = torch.as_tensor(labels.numel(), device=labels.device)
+            from jnreg.core.training.sharding import blank_rows
+
+            tokens = torch.as_tensor(labels.numel(), device=labels.device) - blank_rows(inputs).to(labels.device)
             self._total_train_tokens += int(gather(tokens).sum().item())
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         return (loss, outputs) if return_outputs else loss

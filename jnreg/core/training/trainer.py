@@ -11,6 +11,8 @@
   Trainer state, so it is saved with every checkpoint and a resumed run reports the loss of
   all its steps.
 - The newest checkpoint is never deleted, whatever ``save_total_limit`` and the best model.
+- Over several processes, an epoch's last global batch is filled with a blank row, not with rows
+  trained again (``sharding``), so N processes train the rows and count the tokens one does.
 """
 
 from __future__ import annotations
@@ -34,6 +36,48 @@ class RunTrainer(SFTTrainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._step_loss: torch.Tensor | None = None
+        # Over several processes the training set ends with a blank row (sharding); its index.
+        self._blank: int | None = None
+        if self.accelerator.num_processes > 1 and self.train_dataset is not None:
+            from jnreg.core.training.sharding import with_blank_row
+
+            tokenizer = self.processing_class
+            token = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
+            self._blank = len(self.train_dataset)
+            self.train_dataset = with_blank_row(self.train_dataset, token)
+
+    # Data.
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self._blank is not None and len(dataset) == self._blank + 1:
+            dataset = dataset.select(range(self._blank))  # shuffle the real rows only
+        return super()._get_train_sampler(dataset)
+
+    def get_train_dataloader(self) -> Any:
+        loader = super().get_train_dataloader()
+        if self._blank is not None:
+            from jnreg.core.training.sharding import fill_with_blanks
+
+            fill_with_blanks(loader, self._blank)
+        return loader
+
+    def num_examples(self, dataloader: Any) -> int:
+        found = super().num_examples(dataloader)
+        return found - 1 if self._blank is not None and found == self._blank + 1 else found
+
+    def _track_num_input_tokens(self, inputs: dict[str, Any]) -> None:
+        if self._blank is None or "attention_mask" not in inputs:
+            return super()._track_num_input_tokens(inputs)
+        import torch
+
+        from jnreg.core.training.sharding import blank_rows
+
+        # As the Trainer counts with include_num_input_tokens_seen="non_padding", less the blank rows.
+        tokens = inputs["attention_mask"].sum() - blank_rows(inputs)
+        tokens = torch.as_tensor(tokens, device=self.args.device, dtype=torch.int64)
+        self.state.num_input_tokens_seen += int(self.accelerator.gather(tokens).sum().item())
+        return None
 
     # Training.
 
