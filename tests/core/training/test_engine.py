@@ -358,6 +358,22 @@ def test_early_stopping_stops_when_eval_loss_stops_improving(builtin_agents, tmp
     assert summary["metrics"]["steps"] < 12
 
 
+def test_early_stopping_with_save_total_limit_one_keeps_the_newest_checkpoint_beside_the_best(builtin_agents, tmp_path):
+    """Early stopping tracks a best model; the last save must survive the Trainer's cleanup all the same."""
+    agent = builtin_agents.get("fact_checker")
+    out = tmp_path / "o"
+    config = config_for(
+        agent, out, learning_rate=0.5, eval_steps=1, early_stopping_patience=1, max_steps=12, epochs=5.0,
+        save_steps=1, save_total_limit=1,
+    )  # fmt: skip
+    steps = engine.train(config, agent, echo=quiet)["metrics"]["steps"]
+    kept = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    assert steps < 12 and kept[-1] == steps  # the newest, the one --resume continues from
+    state = json.loads((out / f"checkpoint-{steps}" / "trainer_state.json").read_text())
+    best = state["best_model_checkpoint"]
+    assert best is not None and steps > int(best.rsplit("-", 1)[1]) and len(kept) <= 2
+
+
 def test_tensorboard_logs_are_written_in_the_output_dir(builtin_agents, tmp_path, monkeypatch):
     pytest.importorskip("tensorboard")
     monkeypatch.chdir(tmp_path)
