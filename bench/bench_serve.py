@@ -87,6 +87,15 @@ def run_eval(root: Path, rows_file: Path, tokens: int, env: dict[str, str], *ext
     return {"wall_s": child["wall_s"], "generation_s": details["generation_s"], "new_tokens": details["new_tokens"]}
 
 
+def against_transformers(name: str, unit: str, value: float, alternative: float, *, goal: bool = False) -> dict:
+    """A figure of vLLM against the transformers path, higher being better; ``goal``: the issue's ≥ 4×."""
+    met = {"target": "≥ 4×", "met": value / alternative >= 4} if goal else {}
+    alternative_name = "transformers + peft (NF4)"
+    return benchlib.figure(
+        name, value, unit, better="higher", alternative=alternative_name, alternative_value=alternative, **met
+    )
+
+
 def bench_eval(
     root: Path, work: Path, sizes: list[int], tokens: int, env: dict[str, str]
 ) -> tuple[list[dict[str, Any]], float]:
@@ -100,35 +109,27 @@ def bench_eval(
         vllm = run_eval(root, rows_file, tokens, env, "--engine", "vllm")
         if rows == sizes[0]:
             figures += [
-                benchlib.figure(
+                against_transformers(
                     f"eval rows/s while generating ({rows} rows)",
-                    rows / vllm["generation_s"],
                     "rows/s",
-                    better="higher",
-                    alternative="transformers + peft (NF4)",
-                    alternative_value=rows / hf["generation_s"],
-                    target="≥ 4×",
-                    met=hf["generation_s"] / vllm["generation_s"] >= 4,
+                    rows / vllm["generation_s"],
+                    rows / hf["generation_s"],
+                    goal=True,
                 ),
-                benchlib.figure(
+                against_transformers(
                     f"eval generated tokens/s while generating ({rows} rows)",
-                    vllm["new_tokens"] / vllm["generation_s"],
                     "tok/s",
-                    better="higher",
-                    alternative="transformers + peft (NF4)",
-                    alternative_value=hf["new_tokens"] / hf["generation_s"],
-                    target="≥ 4×",
-                    met=(vllm["new_tokens"] / vllm["generation_s"]) / (hf["new_tokens"] / hf["generation_s"]) >= 4,
+                    vllm["new_tokens"] / vllm["generation_s"],
+                    hf["new_tokens"] / hf["generation_s"],
+                    goal=True,
                 ),
             ]
         figures.append(
-            benchlib.figure(
+            against_transformers(
                 f"eval rows/s, whole command from a cold start ({rows} rows)",
-                rows / vllm["wall_s"],
                 "rows/s",
-                better="higher",
-                alternative="transformers + peft (NF4)",
-                alternative_value=rows / hf["wall_s"],
+                rows / vllm["wall_s"],
+                rows / hf["wall_s"],
             )
         )
         first_wall_s = first_wall_s or hf["wall_s"]
@@ -138,18 +139,11 @@ def bench_eval(
 def bench_eval_server(
     server: Server, root: Path, work: Path, rows: int, tokens: int, env: dict[str, str], hf_wall: float
 ) -> list[dict[str, Any]]:
-    """``jnreg eval --engine vllm --server`` against a running ``jnreg serve``: the whole command."""
+    """``jnreg eval --engine vllm --server`` against a running ``jnreg serve``, the whole command, against the
+    transformers path's whole command."""
     served = run_eval(root, eval_rows(work, rows), tokens, env, "--engine", "vllm", "--server", server.url)
-    return [
-        benchlib.figure(
-            f"eval rows/s, whole command, asking a running server ({rows} rows)",
-            rows / served["wall_s"],
-            "rows/s",
-            better="higher",
-            alternative="transformers + peft (NF4), whole command",
-            alternative_value=rows / hf_wall,
-        )
-    ]
+    name = f"eval rows/s, whole command, asking a running server ({rows} rows)"
+    return [against_transformers(name, "rows/s", rows / served["wall_s"], rows / hf_wall)]
 
 
 class Server:

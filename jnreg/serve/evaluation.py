@@ -113,22 +113,36 @@ def evaluate_served(
 
 
 def _run(job: dict[str, Any], progress: bool) -> dict[str, Any]:
-    """Run the job in vLLM's interpreter ($JNREG_VLLM_PYTHON, else this one), its log to stderr when shown."""
+    """Run the job in vLLM's interpreter ($JNREG_VLLM_PYTHON, else this one). vLLM's own log goes to a file,
+    kept and named when the run fails; with ``progress``, a line says when vLLM starts and when it is done."""
+    import time
+
     python = os.environ.get(PYTHON_ENV) or sys.executable
     with tempfile.TemporaryDirectory(prefix="jnreg-vllm-eval-") as work:
         job_file, result_file = Path(work, "job.json"), Path(work, "result.json")
         job_file.write_text(json.dumps(job), encoding="utf-8")
-        done = subprocess.run(
-            [python, "-m", "jnreg.serve.offline", str(job_file), str(result_file)],
-            stdout=None if progress else subprocess.DEVNULL,
-            stderr=None if progress else subprocess.PIPE,
-            text=True,
-        )
+        log_file = Path(work, "vllm.log")
+        if progress:
+            rows = len(job["generate"]) + len(job["score"])
+            print(f"vLLM: starting its offline engine for {rows} requests (log: {log_file})", file=sys.stderr)
+        clock = time.perf_counter()
+        with open(log_file, "w", encoding="utf-8") as log:
+            done = subprocess.run(
+                [python, "-m", "jnreg.serve.offline", str(job_file), str(result_file)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
         # The result is written whole once every row is answered, so it stands even if vLLM crashed
         # afterwards, shutting down; without it the run failed.
         if not result_file.is_file():
-            tail = (done.stderr or "").strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
-            raise ModelError(f"vLLM could not evaluate with {python}: {tail[0]}")
+            lines = log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+            kept = Path(tempfile.mkstemp(prefix="jnreg-vllm-eval-", suffix=".log")[1])
+            kept.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            last = lines[-1].strip() if lines else f"exit status {done.returncode}"
+            raise ModelError(f"vLLM could not evaluate with {python}: {last} (its log: {kept})")
+        if progress:
+            print(f"vLLM: done in {time.perf_counter() - clock:.1f} s", file=sys.stderr)
         return json.loads(result_file.read_text(encoding="utf-8"))
 
 

@@ -7,6 +7,7 @@ of its own per evaluation and runs in bench/bench_serve.py.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from jnreg.plugins import reasoning
@@ -61,3 +62,18 @@ def _sample_file():
 
 def _rows(store, document):
     return store.evaluation_location("reasoning", "v-eval", document["rows_file"])
+
+
+def test_a_vllm_that_cannot_start_is_one_line_naming_its_kept_log(served_store, tmp_path):
+    # The suite's own interpreter has no vLLM: the offline engine fails at its first import.
+    env = {"JNREG_VLLM_PYTHON": sys.executable, "JNREG_SERVE_CACHE": str(tmp_path / "copies")}
+    from jnreg.plugins._builtin import sample_path
+
+    rows = ["--eval-files", str(sample_path("critic")), "--limit", "1"]
+    done = run_jnreg("--store-root", str(served_store), "eval", "critic", "--engine", "vllm", *rows, env=env)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "vLLM could not evaluate" in errors[0] and "No module named 'vllm'" in errors[0]
+    log = errors[0].rsplit("(its log: ", 1)[1].rstrip(")")
+    assert "ModuleNotFoundError" in open(log, encoding="utf-8").read()
+    os.unlink(log)
