@@ -1,7 +1,7 @@
 """``jnreg eval --engine vllm``: the same evaluation document, answers as transformers + peft give, and the gate.
 
-The suite asks its running server (``--server``); vLLM's offline engine, the path without it, starts an engine
-of its own per evaluation and runs in bench/bench_serve.py.
+Both paths: asking the suite's running server (``--server``), and vLLM's offline engine, started for one
+evaluation.
 """
 
 from __future__ import annotations
@@ -43,11 +43,21 @@ def test_eval_through_vllm_records_the_same_document_and_the_gate_accepts_it(ser
     served_rows = [json.loads(line) for line in open(_rows(store, document), encoding="utf-8")]
     local_rows = [json.loads(line) for line in open(_rows(store, reference), encoding="utf-8")]
     assert [r["answer"] for r in served_rows] == [r["answer"] for r in local_rows]
+    # Without --server, vLLM's offline engine starts for this evaluation alone and gives the same document.
+    offline = run_jnreg(*common, "--engine", "vllm", env=env, timeout=600)
+    assert offline.returncode == 0, offline.stderr[-3000:]
+    assert "Traceback" not in offline.stderr and "WARNING" not in offline.stderr  # vLLM's log is in a file
+    alone = json.loads(offline.stdout)["evaluation"]
+    assert alone["settings"] == document["settings"]
+    assert alone["details"]["new_tokens"] == reference["details"]["new_tokens"]
+    assert abs(alone["metrics"]["eval_loss"] - reference["metrics"]["eval_loss"]) < 1e-3
+    offline_rows = [json.loads(line) for line in open(_rows(store, alone), encoding="utf-8")]
+    assert [r["answer"] for r in offline_rows] == [r["answer"] for r in local_rows]
     # The gate takes the vLLM evaluation (the latest whole one) as it takes any other.
     promote = ["--store-root", str(served_store), "store", "promote", "reasoning", "v-eval"]
     gate = run_jnreg(*promote, "--require", "json_rate>=0", env=env)
     assert gate.returncode == 0, gate.stderr
-    assert document["id"] in gate.stderr + gate.stdout
+    assert alone["id"] in gate.stderr + gate.stdout  # the latest: the offline engine's
     assert store.current("reasoning") == "v-eval"
     store.promote("reasoning", "v1")
 
