@@ -42,7 +42,7 @@ import benchlib  # noqa: E402
 from jnreg.registry import ModelStore  # noqa: E402
 from jnreg.registry import journal as journal_module  # noqa: E402
 from jnreg.registry.store import MANIFEST  # noqa: E402
-from tests.registry_helpers import make_adapter  # noqa: E402
+from tests.registry_helpers import adapter_source as source_dir  # noqa: E402
 
 
 def figure(
@@ -70,25 +70,6 @@ def figure(
         target=target,
         met=met,
     )
-
-
-def source_dir(path: Path, seed: int, weights_bytes: int = 0) -> Path:
-    """An adapter directory with its own README, so every version of it has identical files."""
-    make_adapter(path, seed=seed, junk=False)
-    (path / "README.md").write_text(f"# bench adapter {seed}\n")
-    if weights_bytes:
-        _big_weights(path / "adapter_model.safetensors", weights_bytes)
-    return path
-
-
-def _big_weights(path: Path, size: int) -> None:
-    header = json.dumps({"w": {"dtype": "F32", "shape": [size // 4], "data_offsets": [0, size]}}).encode()
-    header += b" " * (-len(header) % 8)
-    chunk = os.urandom(1 << 20)
-    with open(path, "wb") as handle:
-        handle.write(len(header).to_bytes(8, "little") + header)
-        for _ in range(size // len(chunk)):
-            handle.write(chunk)
 
 
 def clone_versions(store: ModelStore, agent: str, count: int, work: Path) -> None:

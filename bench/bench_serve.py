@@ -29,28 +29,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 import benchlib  # noqa: E402
+
+from tests.registry_helpers import random_lora as make_lora  # noqa: E402
 
 REPO = benchlib.BENCH_DIR.parent
 AGENTS = ("synthesizer", "journalist", "chief_editor", "reasoning", "analyst", "critic", "fact_checker", "re_ranker")
 TINY = "jnreg:tiny-mistral"
-
-
-def make_lora(directory: Path, seed: int) -> Path:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from jnreg.core.models.loading import load_tokenizer, model_path
-
-    base = AutoModelForCausalLM.from_pretrained(model_path(TINY), dtype=torch.float32)
-    torch.manual_seed(seed)
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=targets, init_lora_weights=False))
-    model.peft_config["default"].base_model_name_or_path = TINY
-    model.save_pretrained(directory)
-    load_tokenizer(model_path(TINY)).save_pretrained(directory)
-    return directory
 
 
 def jnreg(*args: str, env: dict[str, str]) -> dict[str, Any]:
@@ -65,12 +51,9 @@ def post(url: str, body: dict[str, Any]) -> dict[str, Any]:
 
 def eval_rows(work: Path, rows: int) -> Path:
     """The synthesizer's sample prompts repeated to ``rows`` rows."""
-    from jnreg.core.host.plugins import Host
-    from jnreg.plugins import synthesizer
+    from jnreg.plugins._builtin import sample_path
 
-    host = Host(autoload=False)
-    host.register(synthesizer, name="synthesizer")
-    sample = [line for line in host.get("synthesizer").spec.sample_data.read_text().splitlines() if line.strip()]
+    sample = [line for line in sample_path("synthesizer").read_text(encoding="utf-8").splitlines() if line.strip()]
     rows_file = work / f"eval_rows_{rows}.jsonl"
     rows_file.write_text("\n".join((sample * (rows // len(sample) + 1))[:rows]) + "\n", encoding="utf-8")
     return rows_file

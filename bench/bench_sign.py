@@ -11,7 +11,6 @@ without (goal: the check adds ≤ 5%).
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -22,7 +21,10 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 import benchlib  # noqa: E402
+
+from tests.registry_helpers import adapter_source, random_lora  # noqa: E402
 
 REPO = benchlib.BENCH_DIR.parent
 
@@ -42,46 +44,6 @@ def make_keys(where: Path) -> tuple[Path, Path]:
         key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     return private, public
-
-
-def big_adapter(directory: Path, size: int) -> Path:
-    """A LoRA adapter directory whose weights file is ``size`` bytes (random, so nothing compresses or caches)."""
-    directory.mkdir(parents=True)
-    config = {
-        "peft_type": "LORA",
-        "r": 8,
-        "lora_alpha": 16,
-        "target_modules": ["q_proj", "v_proj"],
-        "base_model_name_or_path": "jnreg:tiny-mistral",
-    }
-    (directory / "adapter_config.json").write_text(json.dumps(config))
-    header = json.dumps({"w": {"dtype": "F32", "shape": [size // 4], "data_offsets": [0, size]}}).encode()
-    header += b" " * (-len(header) % 8)
-    with open(directory / "adapter_model.safetensors", "wb") as handle:
-        handle.write(len(header).to_bytes(8, "little") + header)
-        for _ in range(size // (1 << 20)):
-            handle.write(os.urandom(1 << 20))
-    return directory
-
-
-def tiny_adapter(directory: Path) -> Path:
-    """An adapter of the built-in model, as training would leave it (random LoRA B, so it changes outputs)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from jnreg.core.models.loading import load_base_model, load_tokenizer
-
-    torch.manual_seed(0)
-    base = load_base_model("jnreg:tiny-mistral", None)
-    config = LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM", init_lora_weights=False
-    )
-    get_peft_model(base, config).save_pretrained(directory)
-    load_tokenizer("jnreg:tiny-mistral").save_pretrained(directory)
-    adapter_config = json.loads((directory / "adapter_config.json").read_text())
-    adapter_config["base_model_name_or_path"] = "jnreg:tiny-mistral"
-    (directory / "adapter_config.json").write_text(json.dumps(adapter_config))
-    return directory
 
 
 def jnreg_resolve(root: Path, trusted: Path | None) -> float:
@@ -111,7 +73,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         work_dir = Path(work)
         private, public = make_keys(work_dir)
-        source = big_adapter(work_dir / "big", args.size_mb << 20)
+        source = adapter_source(work_dir / "big", 0, args.size_mb << 20)
         store = ModelStore(work_dir / "store")
         signed_s, unsigned_s = [], []
         rounds = args.repeat * 2
@@ -143,7 +105,13 @@ def main() -> None:
         ).stderr.strip().splitlines()[-1]  # fmt: skip
 
         tiny = ModelStore(work_dir / "tiny")
-        tiny.publish("analyst", tiny_adapter(work_dir / "tiny_out"), version="v1", sign_key=private)
+        tiny_source = random_lora(work_dir / "tiny_out", 0, r=4, targets=("q_proj", "v_proj"))
+        tiny.publish(
+            "analyst",
+            tiny_source,
+            version="v1",
+            sign_key=private,
+        )
         load("analyst", store_root=tiny.root, quantization=None)  # first load reads the model files into cache
         load("analyst", store_root=tiny.root, quantization=None, trusted_keys=[public])  # imports cryptography
         load_plain, load_checked = [], []

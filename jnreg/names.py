@@ -10,6 +10,8 @@ AGENT_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,62}")
 LABEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # The training run's held-out rows, kept beside the adapter and published with it for `jnreg eval`.
 EVAL_ROWS_FILE = "eval_rows.jsonl"
+# Beside every published version: its files, their sizes and sha256s, and its digest.
+MANIFEST = "manifest.json"
 # The run's effective config; `jnreg train --config` on it reruns the run.
 CONFIG_FILE = "jnreg_config.json"
 # The run's log per logging step (loss, eval loss, learning rate, tokens/s), published with the adapter.

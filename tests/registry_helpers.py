@@ -127,6 +127,51 @@ def make_adapter(
     return directory
 
 
+def big_weights(path: Path, size: int) -> None:
+    """Replace ``path`` with a safetensors file of ``size`` bytes of fresh random data (nothing compresses or
+    caches it)."""
+    header = json.dumps({"w": {"dtype": "F32", "shape": [size // 4], "data_offsets": [0, size]}}).encode()
+    header += b" " * (-len(header) % 8)
+    with open(path, "wb") as handle:
+        handle.write(len(header).to_bytes(8, "little") + header)
+        for _ in range(size // (1 << 20)):
+            handle.write(os.urandom(1 << 20))
+
+
+def adapter_source(path: Path, seed: int, weights_bytes: int = 0) -> Path:
+    """An adapter directory with its own README, so every version of it has identical files; its weights are
+    ``weights_bytes`` of random data when given."""
+    make_adapter(path, seed=seed, junk=False)
+    (path / "README.md").write_text(f"# bench adapter {seed}\n")
+    if weights_bytes:
+        big_weights(path / "adapter_model.safetensors", weights_bytes)
+    return path
+
+
+ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def random_lora(directory: Path, seed: int, *, r: int = 8, targets: tuple[str, ...] = ALL_PROJECTIONS) -> Path:
+    """A real LoRA adapter for the built-in model whose weights are all random (so it changes every answer),
+    with the model's tokenizer beside it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from jnreg.core.models.loading import load_tokenizer, model_path
+
+    base = AutoModelForCausalLM.from_pretrained(model_path(TINY), dtype=torch.float32)
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=r, lora_alpha=2 * r, target_modules=list(targets), init_lora_weights=False, task_type="CAUSAL_LM"
+    )
+    model = get_peft_model(base, config)
+    model.peft_config["default"].base_model_name_or_path = TINY
+    model.save_pretrained(directory)
+    load_tokenizer(model_path(TINY)).save_pretrained(directory)
+    return directory
+
+
 def snapshot(root: Path) -> dict[str, Any]:
     """Everything under ``root`` that matters: each path with its kind, mode and content hash or link target."""
     found: dict[str, Any] = {}

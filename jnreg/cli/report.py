@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,6 +14,18 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from jnreg.registry.store import ModelStore
+
+
+def release_hooks(store: ModelStore, agent: str, echo: Callable[[str], None]) -> dict[str, Any]:
+    """What each step of the release workflow the CLI runs takes: where its lines go, whether it shows
+    progress, and the page refresh after each change."""
+    import sys
+
+    return {
+        "echo": echo,
+        "progress": sys.stderr.isatty(),
+        "on_change": lambda changed: refresh_page(store, agent, changed, echo),
+    }
 
 
 def refresh_page(store: ModelStore, agent: str, version: str, echo: Callable[[str], None]) -> str | None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from jnreg.cli.base import StoreRoot, echo_json, open_store, progress_echo, settings, trusting
-from jnreg.cli.report import refresh_page, store_report
+from jnreg.cli.report import refresh_page, release_hooks, store_report
 from jnreg.errors import ConfigError, IntegrityError, StoreError, StoreNotFound
 
 if TYPE_CHECKING:
@@ -119,23 +119,18 @@ def publish(
     as_json: bool,
 ) -> None:
     """Store the adapter in DIRECTORY as a new version of AGENT and (unless --no-promote) put it in service."""
-    import sys
-
     from jnreg import release
 
     if require and no_promote:
         raise ConfigError("--require gates putting the version in service; it has no use with --no-promote")
-    requirements = release.requirements_for(agent, require) if not no_promote else []
     model_store = open_store(ctx)
     echo = progress_echo(as_json)
     result = release.publish(
         model_store,
         agent,
         directory,
-        require=requirements,
-        echo=echo,
-        progress=sys.stderr.isatty(),
-        on_change=lambda changed: refresh_page(model_store, agent, changed, echo),
+        require=require,
+        **release_hooks(model_store, agent, echo),
         adapter_name=adapter_name,
         version=version,
         promote=not no_promote,
@@ -340,23 +335,13 @@ def _refresh_pages(model_store: ModelStore, agent: str, entry: dict[str, Any], e
 @click.pass_context
 def promote(ctx: click.Context, agent: str, version: str, require: tuple[str, ...], as_json: bool) -> None:
     """Put AGENT's VERSION in service (checksums are checked first, then any requirements)."""
-    import sys
-
     from jnreg import release
 
     model_store = open_store(ctx)
     echo = progress_echo(as_json)
-    entry = release.promote(
-        model_store,
-        agent,
-        version,
-        require=require,
-        echo=echo,
-        progress=sys.stderr.isatty(),
-        on_change=lambda changed: refresh_page(model_store, agent, changed, echo),
-    )
+    entry = release.promote(model_store, agent, version, require=require, **release_hooks(model_store, agent, echo))
     if entry is not None:
-        _refresh_pages(model_store, agent, entry, progress_echo(as_json))
+        _refresh_pages(model_store, agent, entry, echo)
     if as_json:
         echo_json({"agent": agent, "current": version, "previous": entry["previous"] if entry else version})
     elif entry is None:

@@ -251,19 +251,16 @@ def _publish(
     requirements: list[Requirement],
     sign_key: Path | None = None,
 ) -> dict[str, Any]:
-    import sys
 
     from jnreg import release
-    from jnreg.cli.report import refresh_page
+    from jnreg.cli.report import release_hooks
 
     result = release.publish(
         store,
         config.agent,
         Path(config.output_dir),
         require=requirements,
-        echo=echo,
-        progress=sys.stderr.isatty(),
-        on_change=lambda changed: refresh_page(store, config.agent, changed, echo),
+        **release_hooks(store, config.agent, echo),
         adapter_name=config.adapter_name,
         version=config.adapter_version,
         sign_key=sign_key,

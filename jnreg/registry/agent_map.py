@@ -14,7 +14,7 @@ from typing import Any
 
 from jnreg.errors import IntegrityError, StoreError
 from jnreg.fsutil import atomic_write, json_problem
-from jnreg.names import KNOWN_BASE_REFS, base_ref_slug
+from jnreg.names import KNOWN_BASE_REFS, base_ref_slug, is_label
 from jnreg.schemas import validate
 
 MAP_FILE = "AGENT_MODEL_MAP.json"
@@ -71,9 +71,20 @@ def write_map(path: Path, document: dict[str, Any], *, before_replace: Callable[
         raise StoreError(f"cannot write agent map {path}: {exc.strerror or exc}") from None
 
 
+# The folder of an agent's published versions, in the store and in the map's paths.
+VERSIONS = "versions"
+
+
 def store_path(agent: str, version: str) -> str:
     """``adapter_model_store_path`` of a published version: relative to the store root."""
-    return f"{agent}/versions/{version}"
+    return f"{agent}/{VERSIONS}/{version}"
+
+
+def stored_version(entry: dict[str, Any], agent: str) -> str | None:
+    """The version a map entry's ``adapter_model_store_path`` names, as ``store_path`` writes it; None for an
+    entry jnreg did not write."""
+    head, _, label = str(entry.get("adapter_model_store_path", "")).partition(f"{agent}/{VERSIONS}/")
+    return label if not head and is_label(label) else None
 
 
 def find_base_ref(document: dict[str, Any] | None, base_model: str) -> str | None:

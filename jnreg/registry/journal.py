@@ -63,6 +63,21 @@ def make_entry(
     return entry
 
 
+def version_entry(
+    action: str, agent: str, manifest: dict[str, Any], *, previous: str | None, current: str | None
+) -> dict[str, Any]:
+    """The entry of ``action`` on the version ``manifest`` describes, with its digest and adapter name."""
+    return make_entry(
+        action,
+        agent,
+        manifest["version"],
+        previous=previous,
+        current=current,
+        digest=manifest["digest"],
+        adapter_name=manifest["adapter_name"],
+    )
+
+
 def read_entries(path: Path) -> list[dict[str, Any]]:
     """Every entry, validated; a torn last line (a crash mid-append) is skipped."""
     try:
@@ -189,12 +204,6 @@ def undo_stack(entries: list[dict[str, Any]], agent: str) -> tuple[str | None, .
     for entry in for_agent(entries, agent):
         stack = undo_after(stack, entry)
     return stack
-
-
-def rollback_target(entries: list[dict[str, Any]], agent: str) -> str | None:
-    """The version a rollback returns to: the top of the agent's undo stack of earlier versions in service."""
-    stack = undo_stack(entries, agent)
-    return stack[-1] if stack else None
 
 
 def parse_time(text: str) -> datetime:

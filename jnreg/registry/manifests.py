@@ -13,13 +13,12 @@ from typing import Any
 from jnreg import __version__
 from jnreg.errors import IntegrityError, StoreError
 from jnreg.fsutil import dump_json
+from jnreg.names import MANIFEST
 from jnreg.registry import journal
 from jnreg.registry.adapter_dir import MODEL_CARD, SUMMARY, AdapterSource
 from jnreg.registry.no_secrets import refuse_secrets
 from jnreg.registry.signing import SIGNATURE
 from jnreg.schemas import validate
-
-MANIFEST = "manifest.json"
 
 
 def compute_digest(files: list[dict[str, Any]]) -> str:

@@ -100,7 +100,7 @@ class SignedVersions:
             raise StoreError("no signing key: give --sign-key FILE or set JNREG_SIGNING_KEY")
         agent = self.require_agent(agent)  # type: ignore[attr-defined]
         manifest = self.manifest(agent, check_version(version))  # type: ignore[attr-defined]
-        problems = self.check_files(agent, version)  # type: ignore[attr-defined]
+        problems = self.check_files(agent, version, manifest)  # type: ignore[attr-defined]
         if problems:
             raise IntegrityError(f"refusing to sign {agent} {version}: {problems[0]}")
         held = self.signer(agent, version)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from jnreg.errors import IntegrityError, SignatureError, StoreError
 from jnreg.fsutil import dump_json
+from jnreg.names import MANIFEST
 from jnreg.schemas import errors as schema_errors
 
 if TYPE_CHECKING:
@@ -40,7 +41,6 @@ BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://model_signing/signature/v1.0"
-MANIFEST = "manifest.json"
 # What model_signing itself leaves out of a directory's hash; the signature file must be among them.
 IGNORED_PATHS = [".git", ".gitattributes", ".github", ".gitignore", SIGNATURE]
 CURVES = {"secp256r1": 256, "secp384r1": 384, "secp521r1": 521}
@@ -106,16 +106,21 @@ class Signer:
         return dump_json(bundle).encode("utf-8")
 
 
+def _key_file(path: Path | str, where: str) -> bytes:
+    """The bytes of the PEM file at ``path`` (``where`` names it in the error)."""
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as exc:
+        raise StoreError(f"cannot read {where}: {exc.strerror or exc}") from None
+
+
 def load_signer(path: Path | str | None = None) -> Signer | None:
     """The signing key at ``path``, else at $JNREG_SIGNING_KEY; None when neither names one."""
     given = str(path) if path else os.environ.get(SIGNING_KEY_ENV, "")
     if not given:
         return None
     where = f"signing key {given}"
-    try:
-        data = Path(given).expanduser().read_bytes()
-    except OSError as exc:
-        raise StoreError(f"cannot read {where}: {exc.strerror or exc}") from None
+    data = _key_file(given, where)
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
 
@@ -308,10 +313,7 @@ def _verifies(key: ec.EllipticCurvePublicKey, bundle: Bundle) -> bool:
 
 def load_public_key(path: Path | str) -> ec.EllipticCurvePublicKey:
     where = f"trusted key {path}"
-    try:
-        data = Path(path).expanduser().read_bytes()
-    except OSError as exc:
-        raise StoreError(f"cannot read {where}: {exc.strerror or exc}") from None
+    data = _key_file(path, where)
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
 

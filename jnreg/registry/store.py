@@ -17,7 +17,7 @@ from typing import Any
 
 from jnreg.errors import IntegrityError, StoreConflict, StoreError, StoreNotFound
 from jnreg.fsutil import sha256_file
-from jnreg.names import check_adapter_name, check_agent, check_version, is_label
+from jnreg.names import check_adapter_name, check_agent, check_version
 from jnreg.registry import agent_map, journal
 from jnreg.registry.adapter_dir import AdapterSource, inspect_source
 from jnreg.registry.manifests import (
@@ -202,14 +202,14 @@ class ModelStore(VersionRecords, SignedVersions):
         where = f"{resolution.agent} {resolution.version} (copy in {path})"
         return file_problems(where, resolution.manifest, dir_files(path), lambda name: sha256_file(path / name))
 
-    def check_files(self, agent: str, version: str) -> list[str]:
-        """Every way a version's files differ from its manifest, one line per bad file; empty when intact."""
-        try:
-            manifest = self.manifest(agent, version)
-        except StoreNotFound:
-            raise
-        except IntegrityError as exc:
-            return [str(exc)]
+    def check_files(self, agent: str, version: str, manifest: dict[str, Any] | None = None) -> list[str]:
+        """Every way a version's files differ from its manifest, one line per bad file; empty when intact.
+        ``manifest``: the version's, when the caller has just read it."""
+        if manifest is None:
+            try:
+                manifest = self.manifest(agent, version)
+            except IntegrityError as exc:
+                return [str(exc)]
         present = self.storage.stored_files(agent, version)
         return file_problems(
             f"{agent} {version}", manifest, present, lambda name: self.storage.file_sha256(agent, version, name)
@@ -277,8 +277,8 @@ class ModelStore(VersionRecords, SignedVersions):
         entries = agent_map.entries(snap.document, agent)
         for entry in entries:
             name = f"{agent}/{entry.get('adapter_name')}"
-            head, _, label = str(entry.get("adapter_model_store_path", "")).partition(f"{agent}/{VERSIONS}/")
-            if head or not is_label(label):
+            label = agent_map.stored_version(entry, agent)
+            if label is None:
                 continue  # an entry jnreg did not write
             if not self.storage.is_visible(agent, label):
                 problems.append(f"agent map entry {name} points at missing version {label}")
@@ -421,18 +421,10 @@ class ModelStore(VersionRecords, SignedVersions):
         """The change that puts an intact ``version`` in service (``checked``: file problems found so far)."""
         manifest = self.manifest(agent, version)
         if version not in checked:
-            checked[version] = self.check_files(agent, version)
+            checked[version] = self.check_files(agent, version, manifest)
         if checked[version]:
             raise IntegrityError(f"refusing to {action} {agent} to {version}: {checked[version][0]}")
-        entry = journal.make_entry(
-            action,
-            agent,
-            version,
-            previous=state.current,
-            current=version,
-            digest=manifest["digest"],
-            adapter_name=manifest["adapter_name"],
-        )
+        entry = journal.version_entry(action, agent, manifest, previous=state.current, current=version)
         return Change(entry, manifest)
 
     def promote(self, agent: str, version: str) -> dict[str, Any] | None:
@@ -481,10 +473,7 @@ class ModelStore(VersionRecords, SignedVersions):
         """Versions gc never removes: the one in service (by `current` and by the journal), the rollback target,
         and any the map points at."""
         found = {state.current, state.history.recorded, state.rollback_target}
-        for entry in agent_map.entries(document, agent):
-            head, _, label = str(entry.get("adapter_model_store_path", "")).partition(f"{agent}/{VERSIONS}/")
-            if not head and is_label(label):
-                found.add(label)
+        found.update(agent_map.stored_version(entry, agent) for entry in agent_map.entries(document, agent))
         return {v for v in found if v}
 
     def gc(self, agent: str, keep: int, *, dry_run: bool = False) -> GcResult:
@@ -522,15 +511,7 @@ class ModelStore(VersionRecords, SignedVersions):
         def decide(state: ServiceState) -> Change | None:
             if not self.storage.is_visible(agent, version) or version in self.protected(agent, state, self.read_map()):
                 return None  # removed, promoted or pinned by someone else meanwhile
-            entry = journal.make_entry(
-                "gc",
-                agent,
-                version,
-                previous=state.current,
-                current=state.current,
-                digest=manifest["digest"],
-                adapter_name=manifest["adapter_name"],
-            )
+            entry = journal.version_entry("gc", agent, manifest, previous=state.current, current=state.current)
             return Change(entry, manifest)
 
         return decide

@@ -58,17 +58,28 @@ def touches(entry: dict[str, Any], version: str) -> bool:
     return version in (entry["version"], entry["current"], entry["previous"])
 
 
-def gather(store: Any, agent: str, version: str, *, others: dict[str, list[dict[str, Any]]] | None = None):
-    """Everything the page of ``agent`` ``version`` shows.
+@dataclass
+class AgentRecords:
+    """What every page of one agent reads alike: each version's evaluations, the journal, the version in service."""
 
-    ``others`` (version -> evaluations) saves reading every version's evaluations again when one
-    caller makes the pages of many versions.
-    """
+    evaluations: dict[str, list[dict[str, Any]]]
+    history: list[dict[str, Any]]
+    current: str | None
+
+
+def agent_records(store: Any, agent: str) -> AgentRecords:
+    """The agent's records, read once for all its pages."""
+    evaluations = {label: store.evaluations(agent, label) for label in store.version_labels(agent)}
+    return AgentRecords(evaluations, store.history(agent), store.current(agent))
+
+
+def gather(store: Any, agent: str, version: str, *, records: AgentRecords | None = None):
+    """Everything the page of ``agent`` ``version`` shows; ``records`` when one caller makes many of its pages."""
     manifest = store.manifest(store.require_agent(agent), version)
-    if others is None:
-        others = {label: store.evaluations(agent, label) for label in store.version_labels(agent)}
+    records = records or agent_records(store, agent)
+    others = records.evaluations
     evaluations = []
-    for document in store.evaluations(agent, version):
+    for document in others[version] if version in others else store.evaluations(agent, version):
         rows = store.evaluation_rows(agent, version, document)
         same_rows = document["rows_source"]["sha256"]
         compared = [
@@ -79,7 +90,7 @@ def gather(store: Any, agent: str, version: str, *, others: dict[str, list[dict[
             if other["rows_source"]["sha256"] == same_rows
         ]
         evaluations.append(Evaluation(document, [row for row in rows if failed(row)], compared))
-    history = [entry for entry in store.history(agent) if touches(entry, version)]
+    history = [entry for entry in records.history if touches(entry, version)]
     return VersionDocuments(
         agent=agent,
         version=version,
@@ -88,5 +99,5 @@ def gather(store: Any, agent: str, version: str, *, others: dict[str, list[dict[
         config=_json_file(store, agent, version, CONFIG_FILE, "train_config"),
         evaluations=evaluations,
         history=history,
-        in_service=store.current(agent) == version,
+        in_service=records.current == version,
     )

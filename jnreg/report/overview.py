@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from jnreg.fsutil import atomic_write
-from jnreg.report.collect import gather
+from jnreg.report.collect import agent_records, gather
 from jnreg.report.html import cell, page, table, value
 from jnreg.report.version_page import made_at, render_version
 
@@ -82,15 +82,15 @@ def write_overview(store: Any, out_dir: Path) -> list[Path]:
         labels = store.version_labels(agent)
         if not labels:
             continue
-        evaluations = {label: store.evaluations(agent, label) for label in labels}
+        records = agent_records(store, agent)
         for label in labels:
-            docs = gather(store, agent, label, others=evaluations)
+            docs = gather(store, agent, label, records=records)
             target = out_dir / page_name(agent, label)
             target.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(target, render_version(docs, generated_at=made, overview=f"../{INDEX}"))
             written.append(target)
             pages.add(page_name(agent, label))
-        agents.append((agent, store.current(agent), store.history(agent), evaluations))
+        agents.append((agent, records.current, records.history, records.evaluations))
 
     rows, timelines = [], []
     for agent, current, entries, evaluations in agents:

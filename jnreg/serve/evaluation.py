@@ -19,6 +19,7 @@ from jnreg.errors import ModelError
 from jnreg.serve import names
 from jnreg.serve.copies import served_copy
 from jnreg.serve.launch import PYTHON_ENV, rank_limit
+from jnreg.serve.offline import summed_nll
 
 if TYPE_CHECKING:
     from jnreg.registry.store import ModelStore
@@ -55,20 +56,13 @@ def evaluate_served(
     renderer = data_mod.Renderer(tokenizer, spec.template, prompt_template)
     options = generation_options(spec, tokenizer, max_new_tokens, temperature)
     score, generate = [], []
-    for index, example in enumerate(examples):
-        prompt, completion = renderer.render(example)
+    rendered = renderer.render_many(list(examples))
+    for index, (example, (prompt, completion)) in enumerate(zip(examples, rendered, strict=True)):
         score.append({"ids": prompt + completion, "from": len(prompt)})
         if example.prompt is not None:
-            if prompt_template is not None:
-                ids = prompt  # the template's text up to {response}, as training rendered it
-            else:
-                text = tokenizer.apply_chat_template(
-                    spec.template.messages(example.prompt), tokenize=False, add_generation_prompt=True
-                )
-                ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             generate.append(
                 {
-                    "ids": ids,
+                    "ids": renderer.prompt_ids(example.prompt),  # as the transformers path answers it
                     "max_tokens": options["max_new_tokens"],
                     "temperature": options.get("temperature", 0.0),
                     "seed": seed + index,
@@ -146,11 +140,13 @@ def _run(job: dict[str, Any], progress: bool) -> dict[str, Any]:
         return json.loads(result_file.read_text(encoding="utf-8"))
 
 
-def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+def _ask_server(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The server's JSON answer to a POST of ``body`` (a GET without one); its failures are ModelErrors."""
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=600) as response:
             return json.loads(response.read())
@@ -163,7 +159,6 @@ def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
 def _ask(server: str, job: dict[str, Any]) -> dict[str, Any]:
     """The job's answers and scores from a running server, asked many rows at a time as clients would."""
     import time
-    import urllib.request
     from concurrent.futures import ThreadPoolExecutor
 
     base = server.rstrip("/")
@@ -180,14 +175,12 @@ def _ask(server: str, job: dict[str, Any]) -> dict[str, Any]:
             "stop_token_ids": [job["eos_token_id"]],
             "return_token_ids": True,
         }
-        return {"ids": list(_post(url, body)["choices"][0]["token_ids"])}
+        return {"ids": list(_ask_server(url, body)["choices"][0]["token_ids"])}
 
     def score(item: dict[str, Any]) -> dict[str, Any]:
         body = {"model": model, "prompt": item["ids"], "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0}
-        found = _post(url, body)["choices"][0]["prompt_logprobs"]
-        ids, start = item["ids"], max(item["from"], 1)
-        total = -sum(float(found[i][str(ids[i])]["logprob"]) for i in range(start, len(ids)))
-        return {"nll": total, "tokens": len(ids) - start}
+        found = _ask_server(url, body)["choices"][0]["prompt_logprobs"]
+        return summed_nll(item, lambda position, token: found[position][str(token)]["logprob"])
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         clock = time.perf_counter()
@@ -195,8 +188,7 @@ def _ask(server: str, job: dict[str, Any]) -> dict[str, Any]:
         generation_s = time.perf_counter() - clock
         scores = list(pool.map(score, job["score"]))
     # The server must have answered from this version's verified copy, not from a version of another store.
-    with urllib.request.urlopen(base + "/v1/models", timeout=30) as response:
-        cards = {card["id"]: card for card in json.loads(response.read())["data"]}
+    cards = {card["id"]: card for card in _ask_server(base + "/v1/models")["data"]}
     if Path(cards.get(model, {}).get("root", "")).name != job["lora"]["digest"]:
         raise ModelError(f"the server at {server} serves {model} from another copy; is it serving this store?")
     return {"answers": answers, "scores": scores, "generation_s": generation_s}

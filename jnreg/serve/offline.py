@@ -12,7 +12,15 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
+
+
+def summed_nll(item: dict[str, Any], logprob: Callable[[int, int], float]) -> dict[str, Any]:
+    """A scored row's negative log-likelihood over its tokens from ``item["from"]`` on (never the first
+    token, which nothing predicts), given ``logprob(position, token)`` from the engine's prompt log-probabilities."""
+    ids, start = item["ids"], max(item["from"], 1)
+    return {"nll": -sum(float(logprob(p, ids[p])) for p in range(start, len(ids))), "tokens": len(ids) - start}
 
 
 def run(job: dict[str, Any]) -> dict[str, Any]:
@@ -59,11 +67,8 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0, detokenize=False)
         outputs = llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
         for item, out in zip(job["score"], outputs, strict=True):
-            ids, start = item["ids"], item["from"]
-            total = 0.0
-            for position in range(max(start, 1), len(ids)):
-                total -= out.prompt_logprobs[position][ids[position]].logprob
-            scores.append({"nll": total, "tokens": len(ids) - max(start, 1)})
+            found = out.prompt_logprobs
+            scores.append(summed_nll(item, lambda position, token, found=found: found[position][token].logprob))
     return {"answers": answers, "scores": scores, "generation_s": generation_s}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -19,33 +20,10 @@ import pytest
 
 from jnreg.testing import BUILTIN_PLUGINS, free_port
 from tests.registry_helpers import REPO, TINY
+from tests.registry_helpers import random_lora as make_lora
 from tests.serve.vllm_env import vllm_python
 
 READY_TIMEOUT_S = 300
-
-
-def make_lora(directory: Path, seed: int, r: int = 8) -> Path:
-    """A LoRA adapter for the built-in model whose weights are all random (so it changes every answer)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from jnreg.core.models.loading import load_tokenizer, model_path
-
-    base = AutoModelForCausalLM.from_pretrained(model_path(TINY), dtype=torch.float32)
-    torch.manual_seed(seed)
-    config = LoraConfig(
-        r=r,
-        lora_alpha=2 * r,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        init_lora_weights=False,
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(base, config)
-    model.peft_config["default"].base_model_name_or_path = TINY
-    model.save_pretrained(directory)
-    load_tokenizer(model_path(TINY)).save_pretrained(directory)
-    return directory
 
 
 def train_adapter(agent: str, output: Path, seed: int) -> Path:
@@ -56,7 +34,7 @@ def train_adapter(agent: str, output: Path, seed: int) -> Path:
     from tests.helpers import config_for, quiet
 
     host = Host(autoload=False)
-    host.register(__import__(f"jnreg.plugins.{agent}", fromlist=["_"]), name=agent)
+    host.register(importlib.import_module(f"jnreg.plugins.{agent}"), name=agent)
     spec = host.get(agent)
     quick = {"max_train_samples": 4, "epochs": 2.0, "eval_fraction": 0.0, "learning_rate": 3e-2, "seed": seed}
     engine.train(config_for(spec, output, max_seq_length=512, logging_steps=1, **quick), spec, echo=quiet)
@@ -66,7 +44,7 @@ def train_adapter(agent: str, output: Path, seed: int) -> Path:
 def publish(root: Path | str, agent: str, seed: int, work: Path, *, version: str, promote: bool, r: int = 8) -> Any:
     from jnreg.registry import ModelStore
 
-    source = make_lora(work / f"{agent}-{version}", seed, r)
+    source = make_lora(work / f"{agent}-{version}", seed, r=r)
     return ModelStore(root).publish(agent, source, version=version, promote=promote)
 
 

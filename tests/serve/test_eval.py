@@ -10,7 +10,6 @@ import json
 import os
 import sys
 
-from jnreg.plugins import reasoning
 from tests.helpers import run_jnreg
 from tests.serve.conftest import make_lora
 from tests.serve.vllm_env import vllm_python
@@ -63,11 +62,9 @@ def test_eval_through_vllm_records_the_same_document_and_the_gate_accepts_it(ser
 
 
 def _sample_file():
-    from jnreg.core.host.plugins import Host
+    from jnreg.plugins._builtin import sample_path
 
-    host = Host(autoload=False)
-    host.register(reasoning, name="reasoning")
-    return host.get("reasoning").spec.sample_data
+    return sample_path("reasoning")
 
 
 def _rows(store, document):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import threading
@@ -60,7 +61,7 @@ def test_served_answers_equal_transformers_and_peft_for_every_builtin_agent(serv
 
     host = Host(autoload=False)
     for name in BUILTIN_PLUGINS:
-        host.register(__import__(f"jnreg.plugins.{name}", fromlist=["_"]), name=name)
+        host.register(importlib.import_module(f"jnreg.plugins.{name}"), name=name)
     store = ModelStore(served_store)
     for agent in BUILTIN_PLUGINS:
         spec = host.get(agent).spec

@@ -345,6 +345,11 @@ class Renderer:
             self.template.messages(prompt), tokenize=False, add_generation_prompt=True
         )
 
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """The tokens of ``serving_prompt`` as serving sends them (no special tokens added), for every engine
+        that answers ``prompt``."""
+        return self._ids(self.serving_prompt(prompt))
+
     def _with_one_bos(self, ids: list[int]) -> list[int]:
         if self.bos is None:
             return ids

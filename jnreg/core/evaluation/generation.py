@@ -48,8 +48,8 @@ def generate_answer(
 
     model.eval()
     renderer = renderer or Renderer(tokenizer, spec.template, prompt_template)
-    text = renderer.serving_prompt(prompt)
-    inputs = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(model.device)
+    ids = torch.tensor([renderer.prompt_ids(prompt)], device=model.device)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     with torch.no_grad():
         output = model.generate(**inputs, **generation_options(spec, tokenizer, max_new_tokens, temperature))
     new_tokens = output[0, inputs["input_ids"].shape[1] :]

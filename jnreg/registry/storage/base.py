@@ -19,11 +19,11 @@ from typing import Any
 
 from jnreg.registry import journal
 from jnreg.registry.adapter_dir import AdapterSource
+from jnreg.registry.agent_map import VERSIONS
 from jnreg.registry.manifests import MANIFEST, Sealed
 
-__all__ = ["MANIFEST"]
+__all__ = ["MANIFEST", "VERSIONS"]
 
-VERSIONS = "versions"
 CURRENT = "current"
 EVALUATIONS = "evaluations"  # <agent>/evaluations/<version>/<id>.json and <id>.rows.jsonl, beside the version
 REPORTS = "reports"  # <agent>/reports/<version>.html: the version's page, rewritten whenever it is made again
@@ -98,17 +98,10 @@ class Draft:
     refuse_used_label: Callable[[str], None]
     seal: Callable[[str, dict[str, tuple[int, str]]], Sealed]  # (label, {file: (size, sha256)}) -> manifest
 
-    def entry(self, label: str, manifest: dict[str, Any], current: str | None) -> dict[str, Any]:
-        """The journal entry of this publish as ``label``, made while ``current`` is in service."""
-        return journal.make_entry(
-            "publish",
-            self.agent,
-            label,
-            previous=current,
-            current=label if self.promote else current,
-            digest=manifest["digest"],
-            adapter_name=manifest["adapter_name"],
-        )
+    def entry(self, manifest: dict[str, Any], current: str | None) -> dict[str, Any]:
+        """The journal entry of this publish of ``manifest``'s version, made while ``current`` is in service."""
+        after = manifest["version"] if self.promote else current
+        return journal.version_entry("publish", self.agent, manifest, previous=current, current=after)
 
 
 @dataclass
@@ -214,9 +207,10 @@ class Storage(ABC):
     def label_state(self, agent: str, label: str) -> str | None:
         """ "version" when ``label`` is (or is becoming) a version, "used" when it was one before, else None."""
 
-    @abstractmethod
     def label_taken(self, agent: str, label: str) -> bool:
-        """Whether ``agent`` has, or ever had, a version ``label``; asked one label at a time."""
+        """Whether ``agent`` has, or ever had, a version ``label``; asked one label at a time, so the cost of a
+        publish does not grow with the history."""
+        return self.label_state(agent, label) is not None
 
     @abstractmethod
     def read_signature(self, agent: str, label: str) -> bytes | None:

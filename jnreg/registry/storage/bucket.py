@@ -25,10 +25,6 @@ PART = 8 * 1024 * 1024
 HTTP_FLAG = "AWS_ALLOW_HTTP"
 
 
-def is_object_url(root: object) -> bool:
-    return isinstance(root, str) and root.startswith(SCHEME)
-
-
 def split_url(url: str) -> tuple[str, str]:
     """(bucket, prefix) of ``s3://bucket/prefix``; the prefix may be empty."""
     rest = url[len(SCHEME) :]

@@ -42,6 +42,7 @@ from jnreg.fsutil import (
 )
 from jnreg.names import check_agent, check_version, is_agent, is_label
 from jnreg.registry import agent_map, journal
+from jnreg.registry.adapter_dir import BINARY_FILES
 from jnreg.registry.agent_map import MAP_FILE
 from jnreg.registry.manifests import dir_files
 from jnreg.registry.no_secrets import refuse_secrets
@@ -279,10 +280,6 @@ class LocalStorage(LocalSignatureFiles, Storage):
             return "version"
         return "used" if journal.was_published(self.journal_path, agent, label) else None
 
-    def label_taken(self, agent: str, label: str) -> bool:
-        # Asked of the journal one label at a time, so the cost of a publish does not grow with the history.
-        return self.label_state(agent, label) is not None
-
     def _staging_dirs(self, agent: str) -> list[Path]:
         """Staging directories whose publish was killed (their owner is gone)."""
         try:
@@ -493,7 +490,7 @@ class LocalStorage(LocalSignatureFiles, Storage):
             os.mkdir(staging)
             copied = {name: copy_new_file(path, staging / name) for name, path in source.files.items()}
             for name in copied:
-                if not name.endswith(".safetensors"):
+                if name not in BINARY_FILES:
                     refuse_secrets((staging / name).read_bytes(), name)  # what was copied, not what was checked
             fsync_dir(staging)
             crash_point("staged")
@@ -522,7 +519,7 @@ class LocalStorage(LocalSignatureFiles, Storage):
         write_new_file(staging / MANIFEST, sealed.text.encode("utf-8"))
         fsync_dir(staging)
 
-        entry = draft.entry(label, sealed.manifest, previous)
+        entry = draft.entry(sealed.manifest, previous)
         self._write_pending(agent, entry)
         target = versions_dir / label
         try:

@@ -285,9 +285,6 @@ class ObjectStorage(ObjectSignatureFiles, Storage):
         # Claims are never removed, not even by gc, so the claimed labels are every label ever used.
         return set(self.bucket.folders(f"{agent}/{VERSIONS}"))
 
-    def label_taken(self, agent: str, label: str) -> bool:
-        return self.label_state(agent, label) is not None
-
     def leftovers(self, agent: str) -> list[str]:
         return []  # what unfinished publishes uploaded is noted label by label (see unfinished)
 
@@ -371,7 +368,7 @@ class ObjectStorage(ObjectSignatureFiles, Storage):
                 self.bucket.delete([pending])
             raise
         crash_point("visible")
-        self._move(agent, lambda state, seq: draft.entry(label, sealed.manifest, state.current))
+        self._move(agent, lambda state, seq: draft.entry(sealed.manifest, state.current))
         self.bucket.delete([pending])
         return label, self.bucket.where(version_key(agent, label).rstrip("/")), sealed.manifest
 
@@ -483,10 +480,8 @@ class ObjectStorage(ObjectSignatureFiles, Storage):
         for attempt in range(MAX_ATTEMPTS):
             document, etag = self._map_state()
             label = self._current_state(agent)[0]["version"]
-            if label is None or not self.is_visible(agent, label):
-                return False
-            found = self.read_manifest(agent, label)
-            if found is None:
+            found = None if label is None else self.read_manifest(agent, label)
+            if found is None:  # nothing in service, or its version is gone
                 return False
             updated = agent_map.with_current(document, agent, found[0])
             if updated == document:
@@ -535,28 +530,19 @@ class ObjectStorage(ObjectSignatureFiles, Storage):
         """Finish or undo a dead writer's publish or gc; what was done."""
         agent, label, action = intent["agent"], intent["version"], intent["action"]
         if action == "publish":
-            if not self.is_visible(agent, label):
+            found = self.read_manifest(agent, label)
+            if found is None:  # not visible: the writer died before its manifest went up
                 size = self._undo_upload(agent, label, intent["owner"])
                 return f"removed the {size} bytes a killed publish of {agent} {label} had uploaded"
             if any(e["action"] == "publish" and e["version"] == label for e in self._records(agent)):
                 return f"ended the finished publish of {agent} {label}"
-            found = self.read_manifest(agent, label)
-            assert found is not None
             manifest = found[0]
 
             def decide(state: ServiceState, seq: int) -> dict[str, Any] | None:
                 # Two writers may finish the same dead writer's publish: only one records it.
                 if any(e["action"] == "publish" and e["version"] == label for e in self._records(agent, seq)):
                     return None
-                return journal.make_entry(
-                    "publish",
-                    agent,
-                    label,
-                    previous=state.current,
-                    current=state.current,
-                    digest=manifest["digest"],
-                    adapter_name=manifest["adapter_name"],
-                )
+                return journal.version_entry("publish", agent, manifest, previous=state.current, current=state.current)
 
             self._move(agent, decide)
             return f"recorded the publish of {agent} {label} a killed writer had made visible"
